@@ -1,0 +1,39 @@
+"""Shared pytest fixtures: a real Redis-protocol server per test session (no fakes, no mocks)."""
+import os
+
+import pytest
+
+from propensity.config import Settings
+from propensity.onlinestore import EmbeddedValkey, redis_client as _redis_client
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory):
+    """URL of this session's online-store server.
+
+    With REDIS_URL set in the environment, that server (its db is flushed once here);
+    otherwise a private EmbeddedValkey in a temporary folder, stopped when the session ends."""
+    url = Settings.from_env({"REDIS_URL": os.environ.get("REDIS_URL", "")}).redis_url
+    if url:
+        r = _redis_client(url)
+        r.flushdb()
+        r.close()
+        yield url
+        return
+    server = EmbeddedValkey(tmp_path_factory.mktemp("valkey"))
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def redis_client(redis_url):
+    "A redis-py client (bytes in, bytes out) for the session's server; its db is flushed before each test."
+    r = _redis_client(redis_url)
+    r.flushdb()
+    try:
+        yield r
+    finally:
+        r.close()
