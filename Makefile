@@ -19,8 +19,9 @@ help:
 # The virtualenv is rebuilt only when pyproject.toml changes, so a rerun is cheap.
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	@echo "installing the project and its dev extras into $(VENV) ..."
+	@$(BIN)/python -m pip install --quiet --upgrade pip 2>&1 | grep -v "is ignored: it is neither" || true
+	@set -o pipefail; $(BIN)/python -m pip install --quiet -e ".[dev]" 2>&1 | grep -v "is ignored: it is neither" || test $${PIPESTATUS[0]} -eq 0
 	@touch $(STAMP)
 
 venv: $(STAMP)
