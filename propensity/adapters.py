@@ -22,7 +22,7 @@ import numpy as np
 import orjson
 import pandas as pd
 
-from .contracts import EVENT, MAX_TIME_MS, MIN_TIME_MS, Validated
+from .contracts import EVENT, MAX_TIME_MS, MIN_TIME_MS, Validated, _is_num
 from .contracts import read_jsonl, write_partitioned, write_rejected
 
 # %% auto #0
@@ -78,9 +78,6 @@ def concat_validated(parts: Iterable[Validated]) -> Validated:
     unknown = sorted({u for p in parts for u in p.unknown_fields})
     return Validated(EVENT.name, pd.concat(valid, ignore_index=True) if valid else EVENT.empty(),
                      pd.concat(rej, ignore_index=True) if rej else _rejected([]), unknown)
-
-def _is_num(v) -> bool:
-    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
 
 def _blank_none(s: pd.Series) -> pd.Series:
     "Empty strings as None (object column)."
