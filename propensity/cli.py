@@ -18,8 +18,8 @@ from rich.table import Table
 from .config import ConfigError, Settings
 
 # %% auto #0
-__all__ = ['UsageError', 'cmd_config', 'cmd_simulate', 'print_world', 'cmd_summary', 'cmd_ingest', 'cmd_online_store', 'parser',
-           'main']
+__all__ = ['SHARE_FLAGS', 'UsageError', 'cmd_config', 'cmd_simulate', 'print_world', 'cmd_summary', 'cmd_ingest',
+           'cmd_online_store', 'parser', 'main']
 
 # %% ../nbs/09_cli.ipynb #21153bad
 class UsageError(Exception):
@@ -54,11 +54,24 @@ def _parse_drift(args):
     try: return Drift(day=args.drift_day, column=col, value=val, shift=args.drift_shift)
     except ValueError as e: raise UsageError(str(e)) from None
 
+SHARE_FLAGS = ("bot_share", "bounce_share", "late_share", "duplicate_share", "malformed_share")
+
+def _profile(args):
+    "The chosen profile with any share overridden from the command line."
+    from dataclasses import replace
+    from propensity.simulate import PROFILES
+    over = {k: getattr(args, k) for k in SHARE_FLAGS if getattr(args, k) is not None}
+    try: return replace(PROFILES[args.profile], **over)
+    except ValueError as e:
+        msg = str(e)
+        for k in SHARE_FLAGS: msg = msg.replace(k, f"--{k.replace('_', '-')}")
+        raise UsageError(msg) from None
+
 def cmd_simulate(args, settings: Settings) -> int:
     from propensity.simulate import simulate
     if args.days < 1: raise UsageError(f"--days={args.days}: expected a whole number of days >= 1")
     out = Path(args.out) if args.out else settings.data_dir / "world"
-    s = simulate(args.profile, args.days, args.seed, out, drift=_parse_drift(args), progress=not args.quiet)
+    s = simulate(_profile(args), args.days, args.seed, out, drift=_parse_drift(args), progress=not args.quiet)
     print_world(out, seconds=s["seconds"])
     return 0
 
@@ -145,6 +158,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--drift-day", type=int, help="day (0-based) from which one segment's conversion shifts")
     s.add_argument("--drift-segment", default="device=mobile", help="COLUMN=VALUE of the drifting segment (default device=mobile)")
     s.add_argument("--drift-shift", type=float, default=-0.8, help="shift of the segment's logit intent (default -0.8)")
+    for k in SHARE_FLAGS:
+        s.add_argument(f"--{k.replace('_', '-')}", type=float, help=f"override the profile's {k.replace('_', ' ')}")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(fn=cmd_simulate)
     m = sub.add_parser("summary", help="print the summary of a simulated world")

@@ -50,6 +50,16 @@ class Profile:
     duplicate_share: float = 0.01    # events delivered twice
     malformed_share: float = 0.001   # extra malformed records in the landing zone
 
+    def __post_init__(self):
+        for k in ("bot_share", "bounce_share", "registered_share", "login_rate", "returning_share",
+                  "late_share", "duplicate_share", "malformed_share"):
+            v = getattr(self, k)
+            if not 0 <= v < 1: raise ValueError(f"{k}={v}: expected a share in [0, 1)")
+        if self.bot_share + self.bounce_share >= 1:
+            raise ValueError(f"bot_share + bounce_share = {self.bot_share + self.bounce_share:g}: expected less than 1")
+        for k in ("n_users", "n_products", "daily_sessions"):
+            if getattr(self, k) < 1: raise ValueError(f"{k}={getattr(self, k)}: expected at least 1")
+
 PROFILES = {
     "small": Profile("small", n_users=20_000, n_products=3_000, daily_sessions=4_000),
     "seed": Profile("seed", n_users=300_000, n_products=75_000, daily_sessions=68_000, intercept=-6.45),
