@@ -19,9 +19,10 @@ help:
 # The virtualenv is rebuilt only when pyproject.toml changes, so a rerun is cheap.
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	@echo "installing the project and its dev extras into $(VENV) ..."
-	@$(BIN)/python -m pip install --quiet --upgrade pip 2>&1 | grep -v "is ignored: it is neither" || true
-	@set -o pipefail; $(BIN)/python -m pip install --quiet -e ".[dev]" 2>&1 | grep -v "is ignored: it is neither" || test $${PIPESTATUS[0]} -eq 0
+	@echo "installing the project and its dev extras into $(VENV) (log: $(VENV)/install.log) ..."
+	@$(BIN)/python -m pip install --upgrade pip > $(VENV)/install.log 2>&1 \
+	 && $(BIN)/python -m pip install -e ".[dev]" >> $(VENV)/install.log 2>&1 \
+	 || { tail -40 $(VENV)/install.log; echo "install FAILED: see $(VENV)/install.log"; exit 1; }
 	@touch $(STAMP)
 
 venv: $(STAMP)
@@ -30,7 +31,7 @@ demo: $(STAMP)
 	$(BIN)/propensity simulate --profile small --days 7 --seed 42 --out $(DEMO_DIR)
 
 lab: $(STAMP)
-	$(BIN)/jupyter lab --notebook-dir=nbs
+	$(BIN)/jupyter lab --notebook-dir=nbs --ip=127.0.0.1 $(if $(filter 0,$(shell id -u)),--allow-root,)
 
 export: $(STAMP)
 	$(BIN)/nbdev-export

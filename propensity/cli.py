@@ -71,7 +71,8 @@ def cmd_simulate(args, settings: Settings) -> int:
     from propensity.simulate import simulate
     if args.days < 1: raise UsageError(f"--days={args.days}: expected a whole number of days >= 1")
     out = Path(args.out) if args.out else settings.data_dir / "world"
-    s = simulate(_profile(args), args.days, args.seed, out, drift=_parse_drift(args), progress=not args.quiet)
+    try: s = simulate(_profile(args), args.days, args.seed, out, drift=_parse_drift(args), progress=not args.quiet)
+    except FileExistsError as e: raise UsageError(str(e)) from None
     print_world(out, seconds=s["seconds"])
     return 0
 

@@ -737,6 +737,10 @@ def simulate(profile: str | Profile = "small", days: int = 7, seed: int = 42, ou
     prof = PROFILES[profile] if isinstance(profile, str) else profile
     if days < 1: raise ValueError(f"days={days}: expected at least 1")
     out = Path(out)
+    found = [o for o in OUTPUTS if (out / o).exists()]
+    if found and "world.json" not in found:
+        raise FileExistsError(f"{out} holds {', '.join(found)} but no world.json: not a simulated world, so nothing "
+                              "is replaced; choose an empty or new folder")
     for o in OUTPUTS:
         p = out / o
         if p.is_dir(): shutil.rmtree(p)

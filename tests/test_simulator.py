@@ -130,3 +130,11 @@ def test_rerun_replaces_outputs_and_keeps_other_files(tmp_path):
     simulate("small", 1, 1, out, progress=False)
     assert (out / "notes.txt").read_text() == "mine"
     assert len(list((out / "truth" / "sessions").iterdir())) == 1
+
+
+def test_refuses_to_replace_folders_of_something_else(tmp_path):
+    (tmp_path / "tables").mkdir()
+    (tmp_path / "tables" / "precious.parquet").write_text("not mine to delete")
+    with pytest.raises(FileExistsError, match="no world.json: not a simulated world"):
+        simulate("small", 1, 1, tmp_path, progress=False)
+    assert (tmp_path / "tables" / "precious.parquet").exists()
