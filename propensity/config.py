@@ -8,7 +8,7 @@ Docs: https://propensity.github.io/propensity/config.html.md"""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Mapping
 

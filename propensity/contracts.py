@@ -7,7 +7,6 @@ Docs: https://propensity.github.io/propensity/contracts.html.md"""
 # %% ../nbs/01_contracts.ipynb #1e85e545
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence

@@ -12,7 +12,7 @@ import json
 import math
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +20,7 @@ import orjson
 import pandas as pd
 
 from .contracts import (DEVICES, EVENT, EVENT_TYPES, ORDER, ORDER_ITEM, PRODUCT, RETURN, RETURN_REASONS,
-                                  TRAFFIC_SOURCES, USER, Contract, Field, read_table, utc_day, write_partitioned,
+                                  USER, Contract, Field, read_table, utc_day, write_partitioned,
                                   write_table)
 
 # %% auto #0
@@ -139,7 +139,6 @@ WEEKEND_EFFECT = 0.10
 BROWSE_BASE, ADD_BASE, CART_EFFECT = 2.3, -5.3, 2.5  # browse length, cart-add and cart-to-purchase levels
 COUPONS = ("WELCOME10", "SAVE15", "SPRING20", "LOYAL5", "FREESHIP", "FLASH25")
 COUPON_PCT = np.array([0.10, 0.15, 0.20, 0.05, 0.03, 0.25])
-_ET = {t: i for i, t in enumerate(EVENT_TYPES)}
 PV, SEARCH, PRODV, ADD, REMOVE, CARTV, CHECKOUT, PURCHASE, HEARTBEAT = range(9)
 
 def sigmoid(x): return 1.0 / (1.0 + np.exp(-x))
@@ -733,7 +732,6 @@ def _day_stats(d: Day) -> dict:
 def simulate(profile: str | Profile = "small", days: int = 7, seed: int = 42, out: str | Path = "data/world",
              drift: Drift | None = None, progress: bool = True) -> dict:
     "Simulate `days` days of `profile` into `out`; returns the summary (also in `out/world.json`)."
-    import pyarrow as pa
     prof = PROFILES[profile] if isinstance(profile, str) else profile
     if days < 1: raise ValueError(f"days={days}: expected at least 1")
     out = Path(out)

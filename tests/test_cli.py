@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from propensity.config import Settings
-from propensity.onlinestore import redis_client, stop_online_store
+from propensity.onlinestore import OnlineStoreError, redis_client, stop_online_store
 
 EXE = shutil.which("propensity", path=str(Path(sys.executable).parent)) or "propensity"
 
@@ -64,7 +64,7 @@ def test_online_store_start_status_stop(tmp_path):
         assert "embedded" in r.stdout and "True" in r.stdout
         r = run("online-store", "stop", data=tmp_path)
         assert "online store stopped" in r.stdout
-        with pytest.raises(Exception):
+        with pytest.raises(OnlineStoreError, match="127.0.0.1"):
             redis_client(url, connect_timeout=0.5)
     finally:
         stop_online_store(settings)
