@@ -18,8 +18,8 @@ from rich.table import Table
 from .config import ConfigError, Settings
 
 # %% auto #0
-__all__ = ['SHARE_FLAGS', 'UsageError', 'cmd_config', 'cmd_simulate', 'print_world', 'cmd_summary', 'cmd_ingest',
-           'cmd_online_store', 'parser', 'main']
+__all__ = ['SHARE_FLAGS', 'UsageError', 'cmd_config', 'cmd_simulate', 'print_world', 'cmd_summary', 'cmd_ingest', 'PipelineStop',
+           'cmd_features', 'cmd_quality', 'cmd_materialize', 'cmd_online_store', 'parser', 'main']
 
 # %% ../nbs/09_cli.ipynb #21153bad
 class UsageError(Exception):
@@ -133,6 +133,60 @@ def cmd_ingest(args, settings: Settings) -> int:
     _console().print(_table(f"Ingested {args.format} from {src}", ["what", "value"], rows))
     return 0
 
+# %% ../nbs/09_cli.ipynb #4f3eed3d
+class PipelineStop(Exception):
+    "A pipeline stage refused to continue (e.g. failed data-quality checks); exit status 3."
+
+def _data_arg(args, settings) -> Path:
+    data = Path(args.data) if args.data else settings.data_dir / "world"
+    if not data.exists(): raise UsageError(f"--data={str(data)!r}: no such folder (simulate or ingest into it first)")
+    return data
+
+def _quality(data: Path, show: bool = True):
+    from propensity.quality import check_tables
+    report = check_tables(data, required=("training_set", "session_features"))
+    paths = report.write(data / "quality")
+    if show: report.print()
+    print(f"Data-quality report: {paths['md']}")
+    if not report.ok:
+        raise PipelineStop("data-quality checks failed, the pipeline stops here:\n  " +
+                           "\n  ".join(f"{r['table']}.{r['column']}: {r['check']} {r['detail']}" for r in report.failures))
+    return report
+
+def cmd_features(args, settings: Settings) -> int:
+    from propensity.batch import BatchConfig, run_batch
+    data = _data_arg(args, settings)
+    cfg = BatchConfig(inactivity_minutes=args.inactivity_minutes, grace_minutes=args.grace_minutes)
+    try: s = run_batch(data, settings, cfg, progress=not args.quiet)
+    except FileNotFoundError as e: raise UsageError(str(e)) from None
+    rows = [["records read (valid / rejected)", f"{s['valid_records']:,} / {s['rejected_records']:,}"],
+            ["duplicate deliveries dropped", f"{s['duplicates_dropped']:,}"], ["events", f"{s['events']:,}"],
+            ["sessions", f"{s['sessions']:,}"], ["  dropped: bots", f"{s['bots']:,}"],
+            ["  dropped: single heartbeat", f"{s['single_heartbeat']:,}"],
+            ["  dropped: no product interaction", f"{s['no_product']:,}"],
+            ["  eligible (converted)", f"{s['eligible']:,} ({s['converted']:,})"],
+            ["user / product snapshot rows", f"{s['user_rows']:,} / {s['product_rows']:,}"],
+            ["training rows (positive) / sessions", f"{s['training_rows']:,} ({s['training_positive_rows']:,}) / {s['training_sessions']:,}"],
+            ["seconds (events/s)", f"{s['seconds']:,.1f} ({s['events_per_s']:,})"]]
+    rows += [[f"  stage: {k}", f"{v:.1f} s"] for k, v in s["stage_seconds"].items()]
+    rows += [[f"  rejected: {k}", f"{v:,}"] for k, v in s["rejected_by_field"].items()]
+    _console().print(_table(f"Batch features: {data}", ["what", "value"], rows))
+    _console().print(f"Offline store: {data}/offline/   training set: {data}/training/training_set/   "
+                     f"rejected: {data}/rejected/batch/")
+    _quality(data, show=not args.quiet)
+    return 0
+
+def cmd_quality(args, settings: Settings) -> int:
+    _quality(_data_arg(args, settings))
+    return 0
+
+def cmd_materialize(args, settings: Settings) -> int:
+    from propensity.feast_repo import format_summary, materialize
+    data = _data_arg(args, settings)
+    if not (data / "offline").exists(): raise UsageError(f"{data}: no offline/ tables; run `propensity features --data {data}` first")
+    print(format_summary(materialize(settings, data)))
+    return 0
+
 # %% ../nbs/09_cli.ipynb #6492c531
 def cmd_online_store(args, settings: Settings) -> int:
     from propensity.onlinestore import ensure_online_store, online_store_status, stop_online_store
@@ -174,6 +228,18 @@ def parser() -> argparse.ArgumentParser:
     i.add_argument("--prices", help="otto: Parquet/CSV with product_id, price (e.g. a catalog) to price carts and orders")
     i.add_argument("--unknown-price", type=float, help="otto: price to record when a product's price is unknown (opt-in)")
     i.set_defaults(fn=cmd_ingest)
+    f = sub.add_parser("features", help="batch job: sessions, labels, scoring points, snapshots, training set (Spark)")
+    f.add_argument("--data", help="data folder (default $PROPENSITY_DATA/world)")
+    f.add_argument("--inactivity-minutes", type=float, default=30.0, help="split a session id at longer gaps (default 30)")
+    f.add_argument("--grace-minutes", type=float, default=0.0, help="a purchase this long after a session also labels it (default 0)")
+    f.add_argument("--quiet", action="store_true", help="no stage lines or report table")
+    f.set_defaults(fn=cmd_features)
+    q = sub.add_parser("quality", help="data-quality checks on the feature tables")
+    q.add_argument("--data", help="data folder (default $PROPENSITY_DATA/world)")
+    q.set_defaults(fn=cmd_quality)
+    mt = sub.add_parser("materialize", help="load the latest offline features into the online store (Feast)")
+    mt.add_argument("--data", help="data folder (default $PROPENSITY_DATA/world)")
+    mt.set_defaults(fn=cmd_materialize)
     o = sub.add_parser("online-store", help="start, stop or show the online store (embedded Valkey unless REDIS_URL)")
     o.add_argument("action", choices=["start", "stop", "status"])
     o.set_defaults(fn=cmd_online_store)
@@ -189,3 +255,6 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, ConfigError) as e:
         print(f"propensity {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except PipelineStop as e:
+        print(f"propensity {args.command}: stopped: {e}", file=sys.stderr)
+        return 3

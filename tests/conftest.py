@@ -37,3 +37,13 @@ def redis_client(redis_url):
         yield r
     finally:
         r.close()
+
+
+@pytest.fixture(scope="session")
+def spark():
+    "A local Spark session (local[2], the embedded default) shared by the tests that need one."
+    from propensity.batch import spark_session
+    s = spark_session(Settings.from_env({"SPARK_MASTER": "local[2]"}), "propensity-tests",
+                      **{"spark.sql.shuffle.partitions": "4", "spark.driver.memory": "3g"})
+    yield s
+    s.stop()
