@@ -11,7 +11,7 @@ DEMO_DIR ?= data/demo
 .PHONY: venv demo test lab export clean-nbs check-export check-clean test-nbs test-py bench help
 
 help:
-	@echo "make demo   simulate a small marketplace and print its summary (embedded defaults)"
+	@echo "make demo   simulate a small marketplace, build its features (Spark), materialize them (Feast + Valkey)"
 	@echo "make test   export/clean checks, notebook tests and pytest"
 	@echo "make lab    JupyterLab on nbs/"
 	@echo "make export nbdev-export + nbdev-clean after editing notebooks"
@@ -29,6 +29,13 @@ venv: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/propensity simulate --profile small --days 7 --seed 42 --out $(DEMO_DIR)
+	$(BIN)/propensity features --data $(DEMO_DIR)
+	$(BIN)/propensity materialize --data $(DEMO_DIR)
+	@echo
+	@echo "Demo outputs under $(DEMO_DIR)/:"
+	@echo "  events/ (landing zone), tables/ (Parquet), truth/ (ground truth), world.json"
+	@echo "  offline/ (sessions, session/user/product features), training/training_set/, quality/quality.md, rejected/"
+	@echo "Online store: $$($(BIN)/propensity online-store status | grep -E '│ url ' | tr -s ' │' ' ')  (stop it: $(BIN)/propensity online-store stop)"
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab --notebook-dir=nbs --ip=127.0.0.1 $(if $(filter 0,$(shell id -u)),--allow-root,)
@@ -61,3 +68,4 @@ test: check-export check-clean test-nbs test-py
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/simulate.py --quick
+	$(BIN)/python benchmarks/batch_features.py --quick

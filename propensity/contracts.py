@@ -336,6 +336,7 @@ def parse_json_lines(lines: Iterable[bytes | str], source: str = "<lines>") -> t
     "Parse JSON lines: (records, their `source:line` labels, rejected rows for lines that are not JSON objects)."
     recs, srcs, bad = [], [], []
     for i, line in enumerate(lines, 1):
+        line = line.rstrip(b"\r\n" if isinstance(line, bytes) else "\r\n")  # a dead letter keeps the record, not its line ending
         if not line.strip(): continue
         where = f"{source}:{i}"
         try:

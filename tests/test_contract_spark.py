@@ -1,0 +1,83 @@
+"""The Spark fast path of the event contract decides exactly like `EVENT.validate`: same valid rows with the same
+typed values, same rejections with the same reasons, on tricky records and on a simulated landing zone."""
+import math
+
+import numpy as np
+import orjson
+import pandas as pd
+import pytest
+
+from propensity.batch import read_events
+from propensity.contracts import EVENT, read_jsonl
+from propensity.simulate import simulate
+
+GOOD = dict(event_id="e0", event_type="add_to_cart", event_time=1_709_539_200_000, user_id="u1", anonymous_id="a1",
+            session_id="s1", product_id="p1", category="c.d", brand="acme", price=19.99, quantity=2, search_query=None,
+            device="mobile", country="DE", traffic_source="paid", referrer="google.com", page="/p/p1")
+
+
+def tricky() -> list[bytes]:
+    "Records at the edges of the contract, one per line."
+    variants = [
+        {}, {"user_id": 123}, {"brand": {"a": 1}}, {"category": ["x"]}, {"device": True}, {"price": "9.99"},
+        {"quantity": 1.5}, {"quantity": 2.0}, {"price": "NaN"}, {"price": -1.0}, {"price": 2e6}, {"event_time": 1_709_539_200},
+        {"event_time": "2024-03-04T08:00:00"}, {"event_id": ""}, {"brand": ""}, {"referrer": ""}, {"event_type": "click"},
+        {"country": "de"}, {"country": "DEU"}, {"product_id": None}, {"event_type": "search", "product_id": None},
+        {"event_type": "search", "search_query": "shoes", "product_id": None, "price": None, "quantity": None},
+        {"colour": "red"}, {"session_id": None}, {"anonymous_id": 7}, {"quantity": None}, {"price": 0},
+        {"quantity": 0}, {"event_type": "page_view", "product_id": None, "price": None, "quantity": None},
+        {"search_query": 'say "user_id": 5 loudly'}, {"price": 1e308}, {"event_time": 1.7095392e12},
+    ]
+    lines = [orjson.dumps({**GOOD, **v, "event_id": v.get("event_id", f"e{i}")}) for i, v in enumerate(variants)]
+    lines[-1] = lines[-1].replace(b'"event_time":1709539200000.0', b'"event_time":1709539200000.0')
+    no_key = dict(GOOD, event_id="e-nokey"); del no_key["device"]
+    lines += [orjson.dumps(no_key), b'{"event_id": "e-trunc", "event_type": "add_to', b"[1, 2, 3]", b"null",
+              b'{"event_id":"e-sp", "event_type" : "page_view" , "event_time":1709539200000,"anonymous_id":"a","session_id":"s"}']
+    return lines
+
+
+def _canon(df: pd.DataFrame) -> pd.DataFrame:
+    out = df[EVENT.columns].copy()
+    out["quantity"] = out["quantity"].astype("Float64")
+    out["price"] = out["price"].astype("Float64")
+    out["event_time"] = out["event_time"].astype("Int64")
+    return out.astype(object).where(out.notna(), None).sort_values("event_id").reset_index(drop=True)
+
+
+def _both(spark, folder):
+    valid, rejected, source, cached = read_events(spark, folder)
+    v = valid.toPandas(); r = rejected.toPandas()
+    for df in cached: df.unpersist()
+    return source, v, r
+
+
+def _compare(spark, folder):
+    source, v_spark, r_spark = _both(spark, folder)
+    ref = read_jsonl(folder / "events")
+    assert source == "landing"
+    pd.testing.assert_frame_equal(_canon(v_spark), _canon(ref.valid))
+    key = lambda r: sorted(zip(r["reason"], r["record"].map(lambda x: x[:60])))
+    assert key(r_spark) == key(ref.rejected)
+    return v_spark, r_spark, ref
+
+
+def test_tricky_records_get_the_same_verdicts_and_reasons(tmp_path, spark):
+    (tmp_path / "events" / "dt=2024-03-04").mkdir(parents=True)
+    (tmp_path / "events" / "dt=2024-03-04" / "part-00.jsonl").write_bytes(b"\n".join(tricky()) + b"\n")
+    v, r, ref = _compare(spark, tmp_path)
+    assert 10 < len(v) and 15 < len(r)  # both outcomes are exercised
+    reasons = " | ".join(r["reason"])
+    for s in ("user_id=123: expected a string", "price='9.99': expected a number", "quantity=1.5: expected an integer",
+              "price='NaN'", "country='de'", "record: not valid JSON", "record: expected a JSON object"):
+        assert s in reasons, s
+    got = v.set_index("event_id")
+    assert got.loc["e7", "quantity"] == 2                      # an integral float is an integer
+    assert got.loc["e14", "brand"] is None or (isinstance(got.loc["e14", "brand"], float) and math.isnan(got.loc["e14", "brand"]))
+    assert "e29" in got.index                                   # a quoted "user_id": 5 inside a string is fine
+
+
+def test_simulated_landing_zone_gets_the_same_verdicts(tmp_path, spark):
+    out = tmp_path / "w"
+    simulate("small", 1, 21, out, progress=False)
+    v, r, ref = _compare(spark, out)
+    assert len(r) > 20 and len(v) > 40_000
