@@ -184,7 +184,7 @@ def cmd_materialize(args, settings: Settings) -> int:
     from propensity.feast_repo import format_summary, materialize
     data = _data_arg(args, settings)
     if not (data / "offline").exists(): raise UsageError(f"{data}: no offline/ tables; run `propensity features --data {data}` first")
-    print(format_summary(materialize(settings, data)))
+    print(format_summary(materialize(settings, data, verbose=False)))
     return 0
 
 # %% ../nbs/09_cli.ipynb #6492c531
