@@ -462,7 +462,7 @@ class QualityReport:
         "Status, tables, then failures and warnings as a Markdown table, then notes."
         c = self.counts()
         esc = lambda s: str(s).replace("|", "\\|").replace("\n", " ")
-        md = [f"# Data quality report", "",
+        md = ["# Data quality report", "",
               f"**Status: {'OK' if self.ok else 'FAILED'}** ({c['fail']} fail, {c['warn']} warn, {c['ok']} ok)", "",
               f"Data folder `{self.data_dir}`, checked {self.created_at}.", "", "## Tables", ""]
         md += [f"- {esc(s)}" for s in self._overview()] + [""]

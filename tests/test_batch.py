@@ -11,7 +11,7 @@ import pytest
 from propensity.adapters import ingest
 from propensity.batch import BatchConfig, fold_sessions, run_batch
 from propensity.contracts import EVENT, read_table
-from propensity.features import FEATURES, ScoringPolicy, features_of, model_features
+from propensity.features import ScoringPolicy, features_of, model_features
 from propensity.simulate import load_truth, simulate
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"

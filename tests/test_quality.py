@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from propensity.features import features_of, model_features
+from propensity.features import model_features
 from propensity.quality import (TABLES, DataQualityError, QualityReport, check_tables, synthetic_frame, table_path,
                                 write_partition)
 
