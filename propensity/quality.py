@@ -8,6 +8,7 @@ Docs: https://propensity.github.io/propensity/quality.html.md"""
 from __future__ import annotations
 
 import json
+import math
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from .features import ENTITIES, Feature, features_of, model_features
 # %% auto #0
 __all__ = ['TS', 'TABLES', 'RANGE_RULES', 'PANDAS_DTYPES', 'ROW_FIELDS', 'SPEC_DTYPE_NAMES', 'DRIFT_FEATURES', 'TableSpec',
            'range_of', 'table_schema', 'table_path', 'read_feature_table', 'synthetic_frame', 'write_partition',
-           'schema_rows', 'psi_shares', 'psi_bins', 'psi', 'last_two_weeks', 'null_rows', 'drift_rows',
+           'schema_rows', 'psi_shares', 'psi_bins', 'psi', 'last_two_weeks', 'null_rows', 'window_days', 'drift_rows',
            'DataQualityError', 'QualityReport', 'check_table', 'check_tables']
 
 # %% ../nbs/08_quality.ipynb #629829fa
@@ -350,6 +351,13 @@ def null_rows(name: str, df: pd.DataFrame, *, null_warn: float = 0.01) -> list[d
         rows.append(_row(name, "null_share", c, status, round(share, 6), null_warn, detail))
     return rows
 
+def window_days(name: str) -> float:
+    "Days of history a feature accumulates: N for `*_Nd` windows, unbounded for lifetime, tenure and recency, 0 otherwise."
+    m = re.search(r"_(\d+)d$", name)
+    if m: return float(m.group(1))
+    if any(k in name for k in ("lifetime", "tenure", "days_since")): return math.inf
+    return 0.0
+
 def drift_rows(name: str, df: pd.DataFrame, *, psi_warn: float = 0.1, psi_fail: float = 0.25,
                bins: int = 10, eps: float = 1e-4) -> list[dict]:
     "A `psi_window` row, then one `psi` row per model feature of the table (latest week against the week before)."
@@ -373,7 +381,14 @@ def drift_rows(name: str, df: pd.DataFrame, *, psi_warn: float = 0.1, psi_fail: 
             continue
         status = "fail" if v >= psi_fail else "warn" if v >= psi_warn else "ok"
         how = "categories" if cat else f"{len(psi_bins(prev[f.name].dropna().to_numpy('float64'), bins)) + 1} quantile bins"
-        rows.append(_row(name, "psi", f.name, status, round(v, 6), threshold, f"over {how} of the week before"))
+        detail = f"over {how} of the week before"
+        history = (a - df[TS].min()).total_seconds() / 86_400
+        if status == "fail" and window_days(f.name) > history:
+            # a window still filling up grows by itself: an expected drift, reported but not a stop
+            status = "warn"
+            detail += (f"; its {window_days(f.name):g}-day window is not full yet ({history:.0f} days of history before "
+                       "the compared weeks), so drift is expected: warned, not failed")
+        rows.append(_row(name, "psi", f.name, status, round(v, 6), threshold, detail))
     return rows
 
 # %% ../nbs/08_quality.ipynb #1e82d24a

@@ -190,3 +190,19 @@ def test_short_history_skips_psi_and_missing_tables_are_reported(tmp_path):
     with pytest.raises(DataQualityError, match=r"training_set: exists; not found: .*training/training_set"):
         strict.raise_for_failures()
     assert not check_tables(tmp_path / "nothing").ok
+
+
+def test_drift_of_a_window_still_filling_is_a_warning_not_a_stop(clean_dir, tmp_path):
+    """Three weeks of data give 7 days of history before the compared weeks: a 30-day window feature that triples
+    is expected drift (warn, with the reason); a feature without a window that triples still fails."""
+    root = tmp_path / "data"
+    shutil.copytree(clean_dir, root)
+    for day in DAYS[14:]:
+        _edit(root, "product_features", day, lambda d: d.assign(prod_views_30d=d.prod_views_30d * 3 + 5,
+                                                                prod_price=d.prod_price * 3))
+    report = check_tables(root)
+    rows = {(r["table"], r["column"], r["check"]): r for r in report.rows}
+    window = rows[("product_features", "prod_views_30d", "psi")]
+    assert window["status"] == "warn" and window["value"] >= 0.25 and "30-day window is not full yet" in window["detail"]
+    assert rows[("product_features", "prod_price", "psi")]["status"] == "fail"
+    assert not report.ok
