@@ -23,7 +23,7 @@ from .metrics import SEGMENTS, _inputs, brier, ece, log_loss
 
 # %% auto #0
 __all__ = ['SYNTH_SHARES', 'SYNTH_EFFECTS', 'CALIBRATORS', 'kinked', 'synthetic_calibration_data', 'PlattCalibrator',
-           'IsotonicCalibrator', 'calibrator_from_dict', 'choose_calibrator', 'SegmentAdjuster']
+           'IsotonicCalibrator', 'calibrator_from_dict', 'choose_calibrator', 'SegmentAdjuster', 'CalibratedModel']
 
 # %% ../nbs/11_calibration.ipynb #567481f1
 def _logit(p, eps: float):
@@ -61,6 +61,11 @@ def _logit1(p: float, eps: float) -> float:
     p = min(max(float(p), eps), 1 - eps)
     return math.log(p) - math.log1p(-p)
 
+def _prob1(p) -> float:
+    p = float(p)
+    if not 0 <= p <= 1: raise ValueError(f"score {p!r}: expected a finite value in [0, 1]")
+    return p
+
 def _sigmoid1(z: float) -> float:
     return 1 / (1 + math.exp(-z)) if z >= 0 else math.exp(z) / (1 + math.exp(z))
 
@@ -87,7 +92,7 @@ class PlattCalibrator:
 
     def predict_one(self, score: float) -> float:
         "Calibrated probability of one raw score, in plain Python."
-        return _sigmoid1(self.a_ * _logit1(score, self.eps) + self.b_)
+        return _sigmoid1(self.a_ * _logit1(_prob1(score), self.eps) + self.b_)
 
     def to_dict(self) -> dict: return {"kind": self.kind, "eps": self.eps, "a": self.a_, "b": self.b_}
 
@@ -118,7 +123,7 @@ class IsotonicCalibrator:
 
     def predict_one(self, score: float) -> float:
         "Calibrated probability of one raw score, in plain Python (bisect + linear interpolation)."
-        xs, ys, s = self._xl, self._yl, float(score)
+        xs, ys, s = self._xl, self._yl, _prob1(score)
         if s <= xs[0]: return ys[0]
         if s >= xs[-1]: return ys[-1]
         i = bisect.bisect_right(xs, s)
@@ -164,12 +169,19 @@ def _seg_values(segments, col: str, n: int) -> np.ndarray:
     if len(v) != n: raise ValueError(f"segment column {col!r} has {len(v)} rows, expected {n}")
     return v.where(v.notna(), None).map(lambda x: x if x is None else str(x)).to_numpy(dtype=object)
 
-def _solve_shift(z, y, w, lo, hi) -> float:
-    "Root t of sum w (y - sigmoid(z + t)) = 0 in [lo, hi] (clamped to the bracket when there is none)."
-    g = lambda t: float((w * (y - expit(z + t))).sum())
-    if g(lo) <= 0: return lo
-    if g(hi) >= 0: return hi
-    return brentq(g, lo, hi, xtol=1e-12)
+def _solve_shift(z, y, w, lo: float, hi: float, xtol: float) -> float:
+    "Root t of sum w (y - sigmoid(z + t)) = 0 in [lo, hi] (the bound when there is none), by `brentq`."
+    g = lambda t: float((w * (y - expit(z + t))).sum())          # decreasing in t
+    q = expit(z)
+    t0 = float(np.clip((w * (y - q)).sum() / max(float((w * q * (1 - q)).sum()), 1e-300), lo, hi))  # a Newton step from 0
+    h = max(abs(t0), 1e-3)
+    a, b = max(t0 - h, lo), min(t0 + h, hi)                        # a bracket around it, widened until it holds the root
+    ga, gb = g(a), g(b)
+    while ga < 0 and a > lo: a, h = max(a - 2 * h, lo), 2 * h; ga = g(a)
+    while gb > 0 and b < hi: b, h = min(b + 2 * h, hi), 2 * h; gb = g(b)
+    if ga <= 0: return a
+    if gb >= 0: return b
+    return brentq(g, a, b, xtol=xtol)
 
 class SegmentAdjuster:
     "Per-segment logit shifts after the global calibrator, only for segments whose calibration is reliably off (joint MLE, forward selection by score test)."
@@ -186,7 +198,7 @@ class SegmentAdjuster:
             moved = 0.0
             for prm in params:
                 rows, cur = prm[0], prm[1]
-                new = _solve_shift(z[rows] - cur, y[rows], w[rows], -self.max_shift, self.max_shift)
+                new = _solve_shift(z[rows] - cur, y[rows], w[rows], -self.max_shift, self.max_shift, self.tol / 10)
                 z[rows] += new - cur
                 prm[1], moved = new, max(moved, abs(new - cur))
             if moved < self.tol: break
@@ -218,7 +230,7 @@ class SegmentAdjuster:
                 I_as, J_as = Xs.T @ v1[rows], Xs.T @ v2[rows]
                 c = np.linalg.solve(I_aa, I_as)
                 var = v2[rows].sum() - 2 * c @ J_as + c @ J_aa @ c
-                zstat[i] = float((r[rows].sum() - c @ U_a) / math.sqrt(var)) if var > 1e-12 else 0.0
+                zstat[i] = float((r[rows].sum() - c @ U_a) / math.sqrt(var)) if var > 1e-9 * v2[rows].sum() else 0.0
                 if best is None or abs(zstat[i]) > abs(zstat[best]): best = i
             if best is None or abs(zstat[best]) <= self.z_crit_: break
             chosen.append(best); params.append([cands[best][2], 0.0])
@@ -241,7 +253,7 @@ class SegmentAdjuster:
         return self
 
     def report(self) -> pd.DataFrame:
-        "Per segment: rows, observed rate, mean predicted before and after, ECE before and after, last score-test z, shift, whether adjusted."
+        "Per segment: rows, observed rate, mean predicted before and after, ECE before and after, score-test z (when selected for adjusted segments, at the final fit for the others, none under `min_support`), shift, whether adjusted. The common shift is `base_shift_`."
         return self.report_
 
     def transform(self, p, segments) -> np.ndarray:
@@ -257,7 +269,7 @@ class SegmentAdjuster:
 
     def predict_one(self, p: float, segments: Mapping[str, Any]) -> float:
         "Adjusted probability of one row, in plain Python: `segments` maps column to value (missing or None: no shift)."
-        t = self.base_shift_
+        p, t = _prob1(p), self.base_shift_
         for col, by_value in self.shifts_.items():
             v = segments.get(col)
             if v is not None and by_value: t += by_value.get(str(v), 0.0)
@@ -283,3 +295,43 @@ class SegmentAdjuster:
         return f"SegmentAdjuster(base={getattr(self, 'base_shift_', None)}, {n} shifted segments)"
 
 _REPORT_COLS = ["column", "value", "n", "observed", "before", "after", "ece_before", "ece_after", "z", "shift", "adjusted", "status"]
+
+# %% ../nbs/11_calibration.ipynb #5153ea5e
+class CalibratedModel:
+    "Raw score -> global calibrator -> segment adjuster (optional) -> probability, for a batch or one row."
+    def __init__(self, calibrator, adjuster: SegmentAdjuster | None = None):
+        self.calibrator, self.adjuster = calibrator, adjuster
+
+    @classmethod
+    def fit(cls, scores_fit, y_fit, scores_eval, y_eval, segments_eval=None, w_fit=None, w_eval=None, *,
+            adjuster_params: Mapping | None = None, bins: int = 15) -> CalibratedModel:
+        "Choose the calibrator on the two slices (`choose_calibrator`), then fit a `SegmentAdjuster(**adjuster_params)` on the evaluation slice when `segments_eval` is given."
+        cal, table = choose_calibrator(scores_fit, y_fit, scores_eval, y_eval, w_fit, w_eval, bins=bins)
+        adj = None
+        if segments_eval is not None:
+            adj = SegmentAdjuster(**(adjuster_params or {})).fit(cal.predict(scores_eval), y_eval, segments_eval, w_eval)
+        m = cls(cal, adj)
+        m.comparison_ = table
+        return m
+
+    def calibrate(self, raw_scores, segments=None) -> np.ndarray:
+        "Calibrated probabilities of a batch of raw scores; `segments` (DataFrame or mapping of arrays) is needed when there is an adjuster."
+        p = self.calibrator.predict(raw_scores)
+        if self.adjuster is None: return p
+        if segments is None: raise ValueError("this model has a segment adjuster: pass the segment columns")
+        return self.adjuster.transform(p, segments)
+
+    def predict_one(self, raw_score: float, segments: Mapping[str, Any] | None = None) -> float:
+        "Calibrated probability of one raw score with its segment values, in plain Python."
+        p = self.calibrator.predict_one(raw_score)
+        return p if self.adjuster is None else self.adjuster.predict_one(p, segments or {})
+
+    def to_dict(self) -> dict:
+        return {"kind": "calibrated_model", "calibrator": self.calibrator.to_dict(),
+                "adjuster": None if self.adjuster is None else self.adjuster.to_dict()}
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> CalibratedModel:
+        return cls(calibrator_from_dict(d["calibrator"]), None if d["adjuster"] is None else SegmentAdjuster.from_dict(d["adjuster"]))
+
+    def __repr__(self): return f"CalibratedModel({self.calibrator!r}, {self.adjuster!r})"

@@ -19,7 +19,8 @@ from .config import ConfigError, Settings
 
 # %% auto #0
 __all__ = ['SHARE_FLAGS', 'UsageError', 'cmd_config', 'cmd_simulate', 'print_world', 'cmd_summary', 'cmd_ingest', 'PipelineStop',
-           'cmd_features', 'cmd_quality', 'cmd_materialize', 'cmd_online_store', 'parser', 'main']
+           'cmd_features', 'cmd_quality', 'cmd_materialize', 'cmd_train', 'cmd_promote', 'cmd_online_store', 'parser',
+           'main']
 
 # %% ../nbs/09_cli.ipynb #21153bad
 class UsageError(Exception):
@@ -187,6 +188,39 @@ def cmd_materialize(args, settings: Settings) -> int:
     print(format_summary(materialize(settings, data, verbose=False)))
     return 0
 
+# %% ../nbs/09_cli.ipynb #0109f1b8
+def cmd_train(args, settings: Settings) -> int:
+    from propensity.train import TrainConfig, train_pipeline
+    data = _data_arg(args, settings)
+    try:
+        cfg = TrainConfig(n_trials=args.trials, timeout_s=args.timeout, val_days=args.val_days, test_days=args.test_days)
+    except ValueError as e: raise UsageError(str(e)) from None
+    try: s = train_pipeline(data, cfg, promote=not args.no_promote, progress=not args.quiet)
+    except (FileNotFoundError, ValueError) as e: raise UsageError(str(e)) from None
+    m = s["metrics"]
+    rows = [["rows train / val / test", " / ".join(f"{v:,}" for v in s["rows"].values())],
+            ["HPO trials (best validation PR-AUC)", f"{s['trials']} ({s['best_val_pr_auc']:.4f})"],
+            ["test PR-AUC / ROC-AUC", f"{m['pr_auc']:.4f} / {m['roc_auc']:.4f}"],
+            ["test Brier / ECE (raw ECE)", f"{m['brier']:.5f} / {m['ece']:.4f} ({m['raw']['ece']:.4f})"],
+            ["calibrator", next(c["calibrator"] for c in s["calibrator"] if c["chosen"])]]
+    if s["oracle"]:
+        o = s["oracle"]
+        rows += [["oracle PR-AUC / Brier (p_true)", f"{o['pr_auc']:.4f} / {o['brier']:.5f}"],
+                 ["model / oracle: PR-AUC, Brier", f"{o['pr_auc_ratio']:.3f}, {o['brier_ratio']:.3f}"]]
+    rows += [["registered version", s["version"] or "none (gates failed)"], ["seconds", f"{s['seconds']:.1f}"]]
+    _console().print(_table(f"Training run: {data}", ["what", "value"], rows))
+    print(s["gates_summary"])
+    if not s["version"]: raise PipelineStop("the candidate failed its gates; the incumbent keeps serving")
+    return 0
+
+def cmd_promote(args, settings: Settings) -> int:
+    from propensity.registry import RegistryError, promote
+    reg = (Path(args.data) if args.data else settings.data_dir / "world") / "registry"
+    try: rec = promote(reg, args.version, force=args.force)
+    except (RegistryError, FileNotFoundError) as e: raise UsageError(str(e)) from None
+    print(f"promoted {rec['version']} (previous: {rec.get('previous') or 'none'})")
+    return 0
+
 # %% ../nbs/09_cli.ipynb #6492c531
 def cmd_online_store(args, settings: Settings) -> int:
     from propensity.onlinestore import ensure_online_store, online_store_status, stop_online_store
@@ -240,6 +274,18 @@ def parser() -> argparse.ArgumentParser:
     mt = sub.add_parser("materialize", help="load the latest offline features into the online store (Feast)")
     mt.add_argument("--data", help="data folder (default $PROPENSITY_DATA/world)")
     mt.set_defaults(fn=cmd_materialize)
+    t = sub.add_parser("train", help="train, calibrate, gate and register a model (LightGBM + Optuna)")
+    t.add_argument("--data", help="data folder (default $PROPENSITY_DATA/world)")
+    t.add_argument("--trials", type=int, default=20, help="HPO trial budget (default 20)")
+    t.add_argument("--timeout", type=float, default=900.0, help="HPO time budget in seconds (default 900)")
+    t.add_argument("--val-days", type=int, default=7); t.add_argument("--test-days", type=int, default=7)
+    t.add_argument("--no-promote", action="store_true", help="register a passing candidate without promoting it")
+    t.add_argument("--quiet", action="store_true")
+    t.set_defaults(fn=cmd_train)
+    pr = sub.add_parser("promote", help="make a registered model version the serving one")
+    pr.add_argument("version"); pr.add_argument("--data", help="data folder (default $PROPENSITY_DATA/world)")
+    pr.add_argument("--force", action="store_true", help="promote even if its gates failed")
+    pr.set_defaults(fn=cmd_promote)
     o = sub.add_parser("online-store", help="start, stop or show the online store (embedded Valkey unless REDIS_URL)")
     o.add_argument("action", choices=["start", "stop", "status"])
     o.set_defaults(fn=cmd_online_store)

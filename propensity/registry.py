@@ -67,15 +67,21 @@ def _versions(root: Path) -> list[str]:
 
 # %% ../nbs/13_registry.ipynb #679f5bdd
 def _plain(o):
-    if isinstance(o, np.generic): return o.item()
-    if isinstance(o, np.ndarray): return o.tolist()
+    "`o` as plain JSON values; non-finite floats become None."
+    if isinstance(o, dict): return {k: _plain(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)): return [_plain(v) for v in o]
+    if isinstance(o, pd.DataFrame): return _plain(o.to_dict("records"))
+    if isinstance(o, np.ndarray): return _plain(o.tolist())
+    if isinstance(o, np.generic): o = o.item()
+    if isinstance(o, float): return o if math.isfinite(o) else None
+    if o is None or isinstance(o, (str, int)): return o
     if isinstance(o, (datetime, date)): return o.isoformat()
     if isinstance(o, Path): return str(o)
-    if isinstance(o, (set, frozenset)): return sorted(o)
-    raise TypeError(f"{type(o).__name__} {o!r} is not JSON-serialisable")
+    if isinstance(o, (set, frozenset)): return _plain(sorted(o))
+    raise TypeError(f"{type(o).__name__} {o!r:.80} is not JSON-serialisable")
 
 def _json_bytes(name: str, obj) -> bytes:
-    try: return (json.dumps(obj, indent=2, default=_plain, allow_nan=False) + "\n").encode()
+    try: return (json.dumps(_plain(obj), indent=2, allow_nan=False) + "\n").encode()
     except (TypeError, ValueError) as e: raise RegistryError(f"{name}: cannot be stored as JSON ({e})") from None
 
 def _sha256(b: bytes) -> str: return hashlib.sha256(b).hexdigest()
@@ -238,8 +244,10 @@ def _spec_differences(recorded: dict, features: Sequence[Feature]) -> list[str]:
 
 def promoted(registry_dir) -> str | None:
     "The promoted (serving) version, or None when none was promoted."
-    try: return json.loads((_root(registry_dir) / PROMOTED).read_bytes())["version"]
+    f = _root(registry_dir) / PROMOTED
+    try: return json.loads(f.read_bytes())["version"]
     except FileNotFoundError: return None
+    except (ValueError, KeyError, TypeError) as e: raise RegistryError(f"{f}: not a promotion record ({e!r}); promote a version again") from None
 
 def load(registry_dir, version: str | None = None, *, expected_spec_hash: str | None = None,
          features: Sequence[Feature] = FEATURES) -> LoadedModel:
@@ -374,8 +382,10 @@ def evaluate_gates(candidate_metrics: dict, incumbent_metrics: dict | None, *, d
                                 f"incumbent {inc:.4f} - tolerance {pr_auc_tolerance:.4f}"))
     checks.append(GateCheck("ece", ece <= ece_max, ece, ece_max, max(ece - ece_max, 0.0)))
     segs = candidate_metrics.get("segments", [])
+    if isinstance(segs, pd.DataFrame): segs = segs.to_dict("records")
     if not isinstance(segs, (list, tuple)): raise ValueError(f"candidate_metrics['segments']: expected a list of {{column, value, n, ece}}, got {type(segs).__name__}")
     for i, s in enumerate(segs):
+        if isinstance(s, dict) and "column" not in s and "segment" in s: s = {**s, "column": s["segment"]}
         miss = [k for k in ("column", "value", "n", "ece") if not isinstance(s, dict) or k not in s]
         if miss: raise ValueError(f"candidate_metrics['segments'][{i}]: missing {miss} (expected column, value, n, ece)")
         n = _number(f"segments[{i}]['n']", s["n"])
@@ -416,10 +426,10 @@ class BandEconomics:
     incentive_uplift: float    # the incentive multiplies the odds of buying by 1 + incentive_uplift, > 0
 
     def __post_init__(self):
-        for k, ok, want in (("aov", self.aov > 0, "> 0"), ("margin_rate", 0 < self.margin_rate <= 1, "in (0, 1]"),
-                            ("incentive_cost", self.incentive_cost >= 0, ">= 0"), ("incentive_uplift", self.incentive_uplift > 0, "> 0")):
+        for k, ok, want in (("aov", lambda v: v > 0, "> 0"), ("margin_rate", lambda v: 0 < v <= 1, "in (0, 1]"),
+                            ("incentive_cost", lambda v: v >= 0, ">= 0"), ("incentive_uplift", lambda v: v > 0, "> 0")):
             v = getattr(self, k)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not ok:
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not ok(v):
                 raise ValueError(f"BandEconomics.{k}={v!r}: expected a number {want}")
 
     def uplift(self, q):

@@ -21,7 +21,8 @@ import pandas as pd
 from .features import model_features
 
 # %% auto #0
-__all__ = ['DAY_MS', 'BASE_PARAMS', 'TrainConfig', 'time_split', 'downsample', 'Encoder', 'fit_booster', 'search']
+__all__ = ['DAY_MS', 'BASE_PARAMS', 'DEFAULT_ECONOMICS', 'TrainConfig', 'time_split', 'downsample', 'Encoder', 'fit_booster',
+           'search', 'train_pipeline']
 
 # %% ../nbs/12_train.ipynb #84e33b13
 @dataclass(frozen=True)
@@ -168,3 +169,77 @@ def search(X, y, w, Xv, yv, cfg: TrainConfig, storage: str | None = None, study_
     done = len([t for t in study.trials if t.state.is_finished()])
     study.optimize(objective, n_trials=max(cfg.n_trials - done, 0), timeout=cfg.timeout_s, show_progress_bar=progress)
     return study
+
+# %% ../nbs/12_train.ipynb #06993f32
+DEFAULT_ECONOMICS = dict(margin_rate=0.25, incentive_cost=4.0, incentive_uplift=0.3)
+
+def _half(session_ids: pd.Series) -> np.ndarray:
+    "True for the calibration-fitting half of the sessions (by a hash of the id, stable across runs)."
+    return np.array([zlib.crc32(str(s).encode()) % 2 == 0 for s in session_ids])
+
+def _segments(df: pd.DataFrame) -> pd.DataFrame:
+    return df[["device", "country", "traffic_source"]].reset_index(drop=True)
+
+def train_pipeline(data_dir: str | Path, cfg: TrainConfig = TrainConfig(), *, promote: bool = True,
+                   economics: dict | None = None, gates: dict | None = None, progress: bool = False) -> dict:
+    """Train, calibrate, evaluate, gate and register a model from `data_dir`; returns the run's summary.
+    `gates` overrides the gate thresholds (`pr_auc_tolerance`, `ece_max`, `segment_ece_max`, `min_segment_support`)."""
+    from propensity.calibration import SegmentAdjuster, choose_calibrator
+    from propensity.contracts import read_table
+    from propensity.features import spec_hash
+    from propensity.metrics import by_segment, evaluate
+    from propensity.registry import BandEconomics, propose_bands, register_if_passing
+    t0 = time.perf_counter(); d = Path(data_dir)
+    path = d / "training" / "training_set"
+    if not path.exists(): raise FileNotFoundError(f"{d}: no training/training_set; run `propensity features --data {d}` first")
+    tr = read_table(path).sort_values(["event_timestamp", "point_id"], kind="stable").reset_index(drop=True)
+    masks = time_split(tr, cfg); tm, vm, sm = masks["train"], masks["val"], masks["test"]
+    enc = Encoder.fit(tr[tm]); X = enc.transform(tr); y = tr["label"].astype(int).to_numpy()
+    w = np.zeros(len(tr)); w[tm] = downsample(tr[tm].reset_index(drop=True), cfg.negative_keep)
+    days = pd.to_datetime(tr["event_timestamp"], utc=True).dt.strftime("%Y-%m-%d")
+    window = {k: [days[m].min(), days[m].max()] for k, m in masks.items()}
+    (d / "models").mkdir(parents=True, exist_ok=True)
+    study = search(X[tm], y[tm], w[tm], X[vm], y[vm], cfg, f"sqlite:///{d / 'models' / 'optuna.db'}",
+                   f"propensity-{spec_hash()}-{window['train'][0]}-{window['test'][1]}", progress)
+    best = dict(study.best_trial.params, bagging_freq=1)
+    booster = fit_booster(best, X[tm], y[tm], w[tm], X[vm], y[vm], cfg)
+    raw_v, raw_t = booster.predict(X[vm]), booster.predict(X[sm])
+    val, test = tr[vm].reset_index(drop=True), tr[sm].reset_index(drop=True)
+    half = _half(val["session_id"])
+    calibrator, choice = choose_calibrator(raw_v[half], y[vm][half], raw_v[~half], y[vm][~half])
+    adjuster = SegmentAdjuster().fit(calibrator.predict(raw_v), y[vm], _segments(val))
+    p_t = adjuster.transform(calibrator.predict(raw_t), _segments(test))
+    p_v = adjuster.transform(calibrator.predict(raw_v), _segments(val))
+    metrics = evaluate(y[sm], p_t)
+    metrics["raw"] = evaluate(y[sm], raw_t)
+    seg = by_segment(test.assign(score=p_t), "score")
+    metrics["segments"] = [dict(column=r.segment, value=r.value, n=int(r.n), ece=float(r.ece), brier=float(r.brier),
+                                base_rate=float(r.base_rate), mean_predicted=float(r.mean_predicted)) for r in seg.itertuples()]
+    oracle = None
+    if (d / "truth" / "sessions").exists():
+        from propensity.simulate import load_truth
+        truth = load_truth(d).set_index("session_id")
+        pt = truth.reindex(test["session_id"].str.split("~").str[0])["p_true"].to_numpy()
+        if not np.isnan(pt).any():
+            o = evaluate(y[sm], pt)
+            oracle = dict(pr_auc=o["pr_auc"], brier=o["brier"], pr_auc_ratio=metrics["pr_auc"] / o["pr_auc"],
+                          brier_ratio=metrics["brier"] / o["brier"])
+    econ = dict(DEFAULT_ECONOMICS, **(economics or {}))
+    if "aov" not in econ:
+        orders = d / "tables" / "orders.parquet"
+        econ["aov"] = float(read_table(orders)["total"].mean()) if orders.exists() else 100.0
+    bands = propose_bands(y[vm], p_v, economics=BandEconomics(**econ))
+    q = d / "quality" / "quality.json"
+    data_ok = bool(json.loads(q.read_text()).get("ok", False)) if q.exists() else False
+    version, gate_result = register_if_passing(
+        d / "registry", metrics=metrics, data_checks_ok=data_ok, promote_on_pass=promote, **(gates or {}),
+        booster_text=booster.model_to_string(), feature_names=enc.features, spec_hash=spec_hash(),
+        calibration=dict(calibrator=calibrator.to_dict(), segments=adjuster.to_dict(), encoder=enc.to_dict()),
+        training_window=window, bands=bands,
+        lineage=dict(data_dir=str(d), rows={k: int(m.sum()) for k, m in masks.items()}, study=study.study_name),
+        params=dict(lightgbm=best, rounds=int(booster.best_iteration), config=asdict(cfg), economics=econ))
+    return dict(version=version, promoted=bool(version and promote), gates=gate_result.to_dict(), gates_summary=gate_result.summary(),
+                metrics=metrics, oracle=oracle, calibrator=choice.reset_index().to_dict("records"),
+                segment_adjustments=adjuster.report().to_dict("records"), bands=bands, window=window,
+                study=study.study_name, trials=len(study.trials), best_val_pr_auc=float(study.best_value), rounds=int(booster.best_iteration),
+                rows={k: int(m.sum()) for k, m in masks.items()}, seconds=round(time.perf_counter() - t0, 1))

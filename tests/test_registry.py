@@ -277,3 +277,28 @@ def test_band_economics_are_validated():
     assert never.break_even() is None
     with pytest.raises(ValueError, match="never pays"):
         propose_bands(np.array([0, 1, 0, 1]), np.array([0.1, 0.9, 0.2, 0.8]), economics=never)
+
+
+def test_metrics_from_the_metrics_module_pass_through_gates_and_registry(tmp_path, model):
+    "evaluate() + by_segment() output as training produces it: a segment without buyers has a NaN PR-AUC (stored as null)."
+    import pandas as pd
+    from propensity.metrics import by_segment, evaluate
+    rng = np.random.default_rng(3)
+    n = 12_000
+    df = pd.DataFrame({"device": rng.choice(["mobile", "desktop"], n), "country": "DE", "traffic_source": "direct",
+                       "score": rng.beta(1, 6, n)})
+    df["label"] = (rng.random(n) < df["score"]).astype(int)
+    df.loc[df.index[:50], ["country", "label"]] = ["LU", 0]  # a tiny segment without buyers
+    metrics = {**evaluate(df["label"], df["score"]), "segments": by_segment(df, "score")}
+    assert np.isnan(metrics["segments"].set_index("value").loc["LU", "pr_auc"])
+    art = {k: v for k, v in artefacts(model[0]).items() if k not in ("metrics", "gates")}
+    v, g = register_if_passing(tmp_path / "registry", metrics=metrics, data_checks_ok=True, ece_max=0.05,
+                               segment_ece_max=0.05, **art)
+    assert g.passed and v == "v0001", g.summary()
+    assert {s["value"] for s in g.skipped} == {"LU"}
+    assert sorted(c.detail.split(",")[0] for c in g.checks if c.gate == "segment_ece") == \
+        ["country=DE", "device=desktop", "device=mobile", "traffic_source=direct"]
+    stored = load(tmp_path / "registry", v).metrics
+    lu = next(s for s in stored["segments"] if s["value"] == "LU")
+    assert lu["pr_auc"] is None and lu["n"] == 50 and "country" in (lu.get("column"), lu.get("segment"))
+    assert stored["pr_auc"] == pytest.approx(metrics["pr_auc"])
