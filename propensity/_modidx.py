@@ -523,6 +523,7 @@ d = { 'settings': { 'branch': 'main',
                                   'propensity.train._space': ('train.html#_space', 'propensity/train.py'),
                                   'propensity.train.downsample': ('train.html#downsample', 'propensity/train.py'),
                                   'propensity.train.fit_booster': ('train.html#fit_booster', 'propensity/train.py'),
+                                  'propensity.train.save_run': ('train.html#save_run', 'propensity/train.py'),
                                   'propensity.train.search': ('train.html#search', 'propensity/train.py'),
                                   'propensity.train.time_split': ('train.html#time_split', 'propensity/train.py'),
                                   'propensity.train.train_pipeline': ('train.html#train_pipeline', 'propensity/train.py')}}}

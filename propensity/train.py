@@ -22,7 +22,7 @@ from .features import model_features
 
 # %% auto #0
 __all__ = ['DAY_MS', 'BASE_PARAMS', 'DEFAULT_ECONOMICS', 'TrainConfig', 'time_split', 'downsample', 'Encoder', 'fit_booster',
-           'search', 'train_pipeline']
+           'search', 'train_pipeline', 'save_run']
 
 # %% ../nbs/12_train.ipynb #84e33b13
 @dataclass(frozen=True)
@@ -238,8 +238,39 @@ def train_pipeline(data_dir: str | Path, cfg: TrainConfig = TrainConfig(), *, pr
         training_window=window, bands=bands,
         lineage=dict(data_dir=str(d), rows={k: int(m.sum()) for k, m in masks.items()}, study=study.study_name),
         params=dict(lightgbm=best, rounds=int(booster.best_iteration), config=asdict(cfg), economics=econ))
-    return dict(version=version, promoted=bool(version and promote), gates=gate_result.to_dict(), gates_summary=gate_result.summary(),
+    summary = dict(version=version, promoted=bool(version and promote), gates=gate_result.to_dict(), gates_summary=gate_result.summary(),
                 metrics=metrics, oracle=oracle, calibrator=choice.reset_index().to_dict("records"),
                 segment_adjustments=adjuster.report().to_dict("records"), bands=bands, window=window,
                 study=study.study_name, trials=len(study.trials), best_val_pr_auc=float(study.best_value), rounds=int(booster.best_iteration),
                 rows={k: int(m.sum()) for k, m in masks.items()}, seconds=round(time.perf_counter() - t0, 1))
+    summary["run_dir"] = str(save_run(d, summary, booster, enc, val.assign(raw=raw_v, score=p_v),
+                                      test.assign(raw=raw_t, score=p_t), X[sm], study))
+    return summary
+
+def save_run(d: Path, summary: dict, booster, enc: Encoder, val: pd.DataFrame, test: pd.DataFrame, X_test, study) -> Path:
+    """Keep what the reports read: `DIR/models/runs/<run>/` with summary.json, predictions.parquet (validation and
+    test rows: ids, label, raw and calibrated score, segments, oracle p_true when known), importance.parquet (gain per
+    feature), contributions.parquet (LightGBM SHAP values of up to 2,000 test rows) and trials.parquet (HPO history);
+    `DIR/models/latest_run.json` points to it."""
+    run = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f"-{summary['version'] or 'rejected'}"
+    out = d / "models" / "runs" / run; out.mkdir(parents=True, exist_ok=True)
+    cols = ["point_id", "session_id", "event_timestamp", "trigger", "label", "raw", "score", "device", "country", "traffic_source"]
+    preds = pd.concat([val[cols].assign(split="val"), test[cols].assign(split="test")], ignore_index=True)
+    if (d / "truth" / "sessions").exists():
+        from propensity.simulate import load_truth
+        pt = load_truth(d).set_index("session_id")["p_true"]
+        preds["p_true"] = pt.reindex(preds["session_id"].str.split("~").str[0]).to_numpy()
+    preds.to_parquet(out / "predictions.parquet", index=False)
+    pd.DataFrame({"feature": enc.features, "gain": booster.feature_importance("gain"),
+                  "splits": booster.feature_importance("split")}).to_parquet(out / "importance.parquet", index=False)
+    n = min(2000, len(X_test))
+    contrib = booster.predict(X_test.iloc[:n], pred_contrib=True)
+    c = pd.DataFrame(contrib[:, :-1], columns=enc.features).assign(_bias=contrib[:, -1])
+    values = X_test.iloc[:n].reset_index(drop=True)
+    for f in enc.features:  # feature values beside their contributions (category codes for strings)
+        c[f"value:{f}"] = values[f].cat.codes if f in enc.categories else values[f]
+    c.to_parquet(out / "contributions.parquet", index=False)
+    study.trials_dataframe().to_parquet(out / "trials.parquet", index=False)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    (d / "models" / "latest_run.json").write_text(json.dumps({"run": run, "path": str(out)}) + "\n")
+    return out
