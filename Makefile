@@ -31,10 +31,13 @@ demo: $(STAMP)
 	$(BIN)/propensity simulate --profile small --days 7 --seed 42 --out $(DEMO_DIR)
 	$(BIN)/propensity features --data $(DEMO_DIR)
 	$(BIN)/propensity materialize --data $(DEMO_DIR)
+	@$(BIN)/propensity train --data $(DEMO_DIR) --trials 6 --timeout 180 --val-days 2 --test-days 2 \
+	 || { rc=$$?; test $$rc -eq 3 && echo "(the candidate did not pass its gates on this short world: nothing registered; see the reasons above)" || exit $$rc; }
 	@echo
 	@echo "Demo outputs under $(DEMO_DIR)/:"
 	@echo "  events/ (landing zone), tables/ (Parquet), truth/ (ground truth), world.json"
 	@echo "  offline/ (sessions, session/user/product features), training/training_set/, quality/quality.md, rejected/"
+	@echo "  models/ (runs, Optuna study), registry/ (versioned models, promoted.json)"
 	@echo "Online store: $$($(BIN)/propensity online-store status | grep -E '│ url ' | tr -s ' │' ' ')  (stop it: $(BIN)/propensity online-store stop)"
 
 lab: $(STAMP)
@@ -69,3 +72,4 @@ test: check-export check-clean test-nbs test-py
 bench: $(STAMP)
 	$(BIN)/python benchmarks/simulate.py --quick
 	$(BIN)/python benchmarks/batch_features.py --quick
+	$(BIN)/python benchmarks/training.py --quick

@@ -19,8 +19,8 @@ from .config import ConfigError, Settings
 
 # %% auto #0
 __all__ = ['SHARE_FLAGS', 'UsageError', 'cmd_config', 'cmd_simulate', 'print_world', 'cmd_summary', 'cmd_ingest', 'PipelineStop',
-           'cmd_features', 'cmd_quality', 'cmd_materialize', 'cmd_train', 'cmd_promote', 'cmd_online_store', 'parser',
-           'main']
+           'cmd_features', 'cmd_quality', 'cmd_materialize', 'cmd_train', 'cmd_promote', 'cmd_train_table',
+           'cmd_predict', 'cmd_report', 'cmd_online_store', 'parser', 'main']
 
 # %% ../nbs/09_cli.ipynb #21153bad
 class UsageError(Exception):
@@ -221,6 +221,33 @@ def cmd_promote(args, settings: Settings) -> int:
     print(f"promoted {rec['version']} (previous: {rec.get('previous') or 'none'})")
     return 0
 
+# %% ../nbs/09_cli.ipynb #e04a12dc
+def cmd_train_table(args, settings: Settings) -> int:
+    from propensity.tabular import train_table
+    src = Path(args.data)
+    if not src.exists(): raise UsageError(f"--data={args.data!r}: no such file")
+    try: train_table(src, args.label, args.out, trials=args.trials, timeout_s=args.timeout)
+    except (ValueError, KeyError) as e: raise UsageError(str(e).strip('"')) from None
+    return 0
+
+def cmd_predict(args, settings: Settings) -> int:
+    from propensity.tabular import predict_table
+    for flag, v in (("--model", args.model), ("--data", args.data)):
+        if not Path(v).exists(): raise UsageError(f"{flag}={v!r}: no such file or folder")
+    try: out = predict_table(args.model, args.data, args.out)
+    except (ValueError, KeyError) as e: raise UsageError(str(e).strip('"')) from None
+    print(f"scores written to {out}")
+    return 0
+
+def cmd_report(args, settings: Settings) -> int:
+    from propensity.reports import render_reports
+    data = _data_arg(args, settings)
+    if not (data / "models" / "latest_run.json").exists():
+        raise UsageError(f"{data}: no training run yet (models/latest_run.json); run `propensity train --data {data}` first")
+    paths = render_reports(data, out_root=args.out)
+    print(f"reports: {paths.get('index', '')}")
+    return 0
+
 # %% ../nbs/09_cli.ipynb #6492c531
 def cmd_online_store(args, settings: Settings) -> int:
     from propensity.onlinestore import ensure_online_store, online_store_status, stop_online_store
@@ -286,6 +313,19 @@ def parser() -> argparse.ArgumentParser:
     pr.add_argument("version"); pr.add_argument("--data", help="data folder (default $PROPENSITY_DATA/world)")
     pr.add_argument("--force", action="store_true", help="promote even if its gates failed")
     pr.set_defaults(fn=cmd_promote)
+    tt = sub.add_parser("train-table", help="train a calibrated model on any session-level table (CSV or Parquet)")
+    tt.add_argument("--data", required=True, help="table file"); tt.add_argument("--label", required=True, help="label column")
+    tt.add_argument("--out", required=True, help="model folder to write")
+    tt.add_argument("--trials", type=int, default=10); tt.add_argument("--timeout", type=float, default=120.0)
+    tt.set_defaults(fn=cmd_train_table)
+    pd_ = sub.add_parser("predict", help="score a table with a model from train-table: column `score`, input order")
+    pd_.add_argument("--model", required=True); pd_.add_argument("--data", required=True); pd_.add_argument("--out", required=True)
+    pd_.set_defaults(fn=cmd_predict)
+    rp = sub.add_parser("report", help="render the stakeholder reports of the latest training run (HTML)")
+    rp.add_argument("which", choices=["weekly"], help="weekly: training report + calibration and segment report")
+    rp.add_argument("--data", help="data folder (default $PROPENSITY_DATA/world)")
+    rp.add_argument("--out", default="reports/runs", help="where rendered runs go (default reports/runs)")
+    rp.set_defaults(fn=cmd_report)
     o = sub.add_parser("online-store", help="start, stop or show the online store (embedded Valkey unless REDIS_URL)")
     o.add_argument("action", choices=["start", "stop", "status"])
     o.set_defaults(fn=cmd_online_store)

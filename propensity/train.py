@@ -199,10 +199,13 @@ def train_pipeline(data_dir: str | Path, cfg: TrainConfig = TrainConfig(), *, pr
     days = pd.to_datetime(tr["event_timestamp"], utc=True).dt.strftime("%Y-%m-%d")
     window = {k: [days[m].min(), days[m].max()] for k, m in masks.items()}
     (d / "models").mkdir(parents=True, exist_ok=True)
+    clock = {"prepare": round(time.perf_counter() - t0, 2)}; t = time.perf_counter()
     study = search(X[tm], y[tm], w[tm], X[vm], y[vm], cfg, f"sqlite:///{d / 'models' / 'optuna.db'}",
                    f"propensity-{spec_hash()}-{window['train'][0]}-{window['test'][1]}", progress)
+    clock["hpo"] = round(time.perf_counter() - t, 2); t = time.perf_counter()
     best = dict(study.best_trial.params, bagging_freq=1)
     booster = fit_booster(best, X[tm], y[tm], w[tm], X[vm], y[vm], cfg)
+    clock["final_fit"] = round(time.perf_counter() - t, 2); t = time.perf_counter()
     raw_v, raw_t = booster.predict(X[vm]), booster.predict(X[sm])
     val, test = tr[vm].reset_index(drop=True), tr[sm].reset_index(drop=True)
     half = _half(val["session_id"])
@@ -210,6 +213,7 @@ def train_pipeline(data_dir: str | Path, cfg: TrainConfig = TrainConfig(), *, pr
     adjuster = SegmentAdjuster().fit(calibrator.predict(raw_v), y[vm], _segments(val))
     p_t = adjuster.transform(calibrator.predict(raw_t), _segments(test))
     p_v = adjuster.transform(calibrator.predict(raw_v), _segments(val))
+    clock["calibration"] = round(time.perf_counter() - t, 2); t = time.perf_counter()
     metrics = evaluate(y[sm], p_t)
     metrics["raw"] = evaluate(y[sm], raw_t)
     seg = by_segment(test.assign(score=p_t), "score")
@@ -242,7 +246,8 @@ def train_pipeline(data_dir: str | Path, cfg: TrainConfig = TrainConfig(), *, pr
                 metrics=metrics, oracle=oracle, calibrator=choice.reset_index().to_dict("records"),
                 segment_adjustments=adjuster.report().to_dict("records"), bands=bands, window=window,
                 study=study.study_name, trials=len(study.trials), best_val_pr_auc=float(study.best_value), rounds=int(booster.best_iteration),
-                rows={k: int(m.sum()) for k, m in masks.items()}, seconds=round(time.perf_counter() - t0, 1))
+                rows={k: int(m.sum()) for k, m in masks.items()}, seconds=round(time.perf_counter() - t0, 1),
+                features=len(enc.features), stage_seconds={**clock, "evaluate_and_register": round(time.perf_counter() - t, 2)})
     summary["run_dir"] = str(save_run(d, summary, booster, enc, val.assign(raw=raw_v, score=p_v),
                                       test.assign(raw=raw_t, score=p_t), X[sm], study))
     return summary

@@ -1,0 +1,68 @@
+"""Training throughput: HPO trials + final fit + calibration on a 4-week training set, on 2 cores.
+
+Builds the training set (simulate + the batch job; not timed) unless `--data` points at a data folder that has
+one, then runs the training pipeline (`propensity train`) and prints wall time per stage and the peak memory
+beside the target (seed profile, 4 weeks, about 2M rows and 40+ features: 20 trials + final fit + calibration
+in under 20 minutes). Ends with one line `RESULT {json}`.
+
+    python benchmarks/training.py --data data/seed4w      # an existing 4-week seed world with features
+    python benchmarks/training.py                          # builds 4 weeks of the seed profile first (long)
+    python benchmarks/training.py --quick                  # 16 days of the small profile, 4 trials
+"""
+import argparse
+import json
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+from propensity.batch import run_batch
+from propensity.quality import check_tables
+from propensity.simulate import simulate
+from propensity.train import TrainConfig, train_pipeline
+
+TARGET_S = 20 * 60
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", help="data folder with training/training_set (skips building one)")
+    ap.add_argument("--quick", action="store_true", help="16 days of the small profile and 4 trials")
+    ap.add_argument("--trials", type=int, default=None)
+    a = ap.parse_args()
+    trials = a.trials or (4 if a.quick else 20)
+    tmp = None
+    if a.data:
+        d = Path(a.data)
+    else:
+        tmp = tempfile.TemporaryDirectory(); d = Path(tmp.name)
+        profile, days = ("small", 16) if a.quick else ("seed", 28)
+        print(f"building the training set: {days} days of the {profile} profile (not timed) ...", flush=True)
+        simulate(profile, days, 42, d, progress=False)
+        run_batch(d, progress=False)
+        check_tables(d).write(d / "quality")
+    cfg = TrainConfig(n_trials=trials, timeout_s=TARGET_S, val_days=7 if not a.quick else 3, test_days=7 if not a.quick else 3)
+    t = time.perf_counter()
+    s = train_pipeline(d, cfg, promote=False)
+    wall = time.perf_counter() - t
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    rows = sum(s["rows"].values())
+    print(f"\n{'stage':<28} {'seconds':>9}")
+    for k, v in s["stage_seconds"].items(): print(f"{k:<28} {v:>9.1f}")
+    print(f"{'total':<28} {wall:>9.1f}   target < {TARGET_S} s (20 trials + final fit + calibration, seed 4 weeks)")
+    print(f"\n{rows:,} rows x {s['features']} features, {s['trials']} trials, test PR-AUC {s['metrics']['pr_auc']:.4f}, "
+          f"ECE {s['metrics']['ece']:.4f}, peak memory {peak:.2f} GiB")
+    at_scale = rows >= 1_500_000
+    met = (wall < TARGET_S) if at_scale else None  # the target is stated for ~2M rows: smaller runs do not decide it
+    verdict = {True: "MET", False: "NOT MET", None: "NOT DECIDED"}[met]
+    print(f"{verdict}: {wall:,.0f} s (target < {TARGET_S:,} s)" + ("" if at_scale else
+          f" on {rows:,} rows, fewer than the target's ~2M: run on a 4-week seed world for the real figure"))
+    print("RESULT " + json.dumps(dict(benchmark="training", rows=rows, features=s["features"], trials=s["trials"],
+                                      seconds=round(wall, 1), stage_seconds=s["stage_seconds"], peak_gib=round(peak, 3),
+                                      target_seconds=TARGET_S, pr_auc=s["metrics"]["pr_auc"], ece=s["metrics"]["ece"],
+                                      met=met)))
+    if tmp: tmp.cleanup()
+
+
+if __name__ == "__main__":
+    main()
