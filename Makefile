@@ -33,11 +33,12 @@ demo: $(STAMP)
 	$(BIN)/propensity materialize --data $(DEMO_DIR)
 	@$(BIN)/propensity train --data $(DEMO_DIR) --trials 6 --timeout 180 --val-days 2 --test-days 2 \
 	 || { rc=$$?; test $$rc -eq 3 && echo "(the candidate did not pass its gates on this short world: nothing registered; see the reasons above)" || exit $$rc; }
+	$(BIN)/propensity report weekly --data $(DEMO_DIR) --out $(DEMO_DIR)/reports
 	@echo
 	@echo "Demo outputs under $(DEMO_DIR)/:"
 	@echo "  events/ (landing zone), tables/ (Parquet), truth/ (ground truth), world.json"
 	@echo "  offline/ (sessions, session/user/product features), training/training_set/, quality/quality.md, rejected/"
-	@echo "  models/ (runs, Optuna study), registry/ (versioned models, promoted.json)"
+	@echo "  models/ (runs, Optuna study), registry/ (versioned models, promoted.json), reports/index.html (rendered reports)"
 	@echo "Online store: $$($(BIN)/propensity online-store status | grep -E '│ url ' | tr -s ' │' ' ')  (stop it: $(BIN)/propensity online-store stop)"
 
 lab: $(STAMP)
