@@ -47,3 +47,24 @@ def spark():
                       **{"spark.sql.shuffle.partitions": "4", "spark.driver.memory": "3g"})
     yield s
     s.stop()
+
+
+@pytest.fixture(scope="session")
+def short_world(tmp_path_factory, spark):
+    """A 7-day small world with its features and quality report, built once per test session (simulator, Spark batch
+    job, data-quality checks). Tests that write into a world take their own copy: `copy_world(short_world, dest)`."""
+    from propensity.batch import run_batch
+    from propensity.quality import check_tables
+    from propensity.simulate import simulate
+    out = tmp_path_factory.mktemp("short_world") / "w"
+    simulate("small", 7, 5, out, progress=False)
+    run_batch(out, spark=spark, progress=False)
+    check_tables(out).write(out / "quality")
+    return out
+
+
+def copy_world(src, dest):
+    "A private copy of a built world (its registry, models and reports then belong to one test module)."
+    import shutil
+    shutil.copytree(src, dest)
+    return dest

@@ -2,7 +2,6 @@
 concurrent writers in separate processes, and score bands proposed from synthetic calibrated scores."""
 import json
 import multiprocessing as mp
-import shutil
 import subprocess
 from pathlib import Path
 

@@ -7,12 +7,11 @@ import json
 import shutil
 
 import pytest
+
+from conftest import copy_world
 from bs4 import BeautifulSoup
 
-from propensity.batch import run_batch
-from propensity.quality import check_tables
 from propensity.reports import ReportError, find_run, render_reports, run_date_of, write_index
-from propensity.simulate import simulate
 from propensity.train import TrainConfig, train_pipeline
 
 CFG = TrainConfig(val_days=2, test_days=2, n_trials=2, timeout_s=60, max_rounds=200, early_stopping=20)
@@ -54,11 +53,8 @@ CALIBRATION_SECTIONS = ["1. Overall calibration", "2. Calibration by segment", "
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory, spark):
-    out = tmp_path_factory.mktemp("reports") / "w"
-    simulate("small", 7, 7, out, progress=False)
-    run_batch(out, spark=spark, progress=False)
-    check_tables(out).write(out / "quality")
+def world(tmp_path_factory, short_world):
+    out = copy_world(short_world, tmp_path_factory.mktemp("reports") / "w")
     first = train_pipeline(out, CFG, gates=GATES)
     second = train_pipeline(out, CFG, gates=GATES)          # resumes the stored search: fast
     assert (first["version"], second["version"]) == ("v0001", "v0002") and second["promoted"]

@@ -6,24 +6,19 @@ import numpy as np
 import optuna
 import pytest
 
-from propensity.batch import run_batch
+from conftest import copy_world
+
 from propensity.calibration import SegmentAdjuster, calibrator_from_dict
 from propensity.contracts import read_table
-from propensity.quality import check_tables
 from propensity.registry import load, promoted
-from propensity.simulate import simulate
 from propensity.train import Encoder, TrainConfig, time_split, train_pipeline
 
 CFG = TrainConfig(val_days=2, test_days=2, n_trials=3, timeout_s=120, max_rounds=300, early_stopping=20)
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory, spark):
-    out = tmp_path_factory.mktemp("train") / "w"
-    simulate("small", 7, 5, out, progress=False)
-    run_batch(out, spark=spark, progress=False)
-    check_tables(out).write(out / "quality")
-    return out
+def world(tmp_path_factory, short_world):
+    return copy_world(short_world, tmp_path_factory.mktemp("train") / "w")
 
 
 def test_strict_gates_refuse_and_register_nothing(world):
