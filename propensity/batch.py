@@ -116,7 +116,7 @@ def read_events(spark, data_dir: Path):
 
 # %% ../nbs/06_batch.ipynb #674d7e8c
 _SESSION_FEATURES = [f for f in FEATURES if f.entity == "session"]
-_PT = _EV_KEYS = ("event_id", "event_type", "t", "product_id", "category", "price", "quantity", "device", "country",
+_EV_KEYS = ("event_id", "event_type", "t", "product_id", "category", "price", "quantity", "device", "country",
                   "traffic_source", "user_id")
 
 def pass_schema():
