@@ -81,6 +81,9 @@ class Encoder:
     features: list
     categories: dict = field(default_factory=dict)   # feature -> list of known values (code = index)
 
+    def __post_init__(self):  # value -> code lookups, built once: `row` is on the scorer's per-request path
+        self._index = {c: {v: i for i, v in enumerate(cats)} for c, cats in self.categories.items()}
+
     @classmethod
     def fit(cls, df: pd.DataFrame, features: list | None = None) -> "Encoder":
         feats = features or [f.name for f in model_features()]
@@ -102,7 +105,7 @@ class Encoder:
 
     def row(self, values: dict) -> list:
         "One input row as plain numbers (category codes, NaN when unknown): for the scorer's fast path."
-        idx = {c: {v: i for i, v in enumerate(cats)} for c, cats in self.categories.items()}
+        idx = self._index
         return [float(idx[c].get(str(values[c]), np.nan)) if c in idx else float(values[c]) for c in self.features]
 
     def to_dict(self) -> dict: return {"features": self.features, "categories": self.categories}
