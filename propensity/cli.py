@@ -8,6 +8,8 @@ Docs: https://propensity.github.io/propensity/cli.html.md"""
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -18,9 +20,9 @@ from rich.table import Table
 from .config import ConfigError, Settings
 
 # %% auto #0
-__all__ = ['SHARE_FLAGS', 'UsageError', 'cmd_config', 'cmd_simulate', 'print_world', 'cmd_summary', 'cmd_ingest', 'PipelineStop',
-           'cmd_features', 'cmd_quality', 'cmd_materialize', 'cmd_train', 'cmd_promote', 'cmd_train_table',
-           'cmd_predict', 'cmd_report', 'cmd_online_store', 'parser', 'main']
+__all__ = ['SHARE_FLAGS', 'COMMAND_MODULES', 'UsageError', 'cmd_config', 'cmd_simulate', 'print_world', 'cmd_summary',
+           'cmd_ingest', 'PipelineStop', 'cmd_features', 'cmd_quality', 'cmd_materialize', 'cmd_train', 'cmd_promote',
+           'cmd_train_table', 'cmd_predict', 'cmd_report', 'cmd_online_store', 'parser', 'main']
 
 # %% ../nbs/09_cli.ipynb #21153bad
 class UsageError(Exception):
@@ -260,6 +262,9 @@ def cmd_online_store(args, settings: Settings) -> int:
     return 0
 
 # %% ../nbs/09_cli.ipynb #e4773f66
+# Modules that add sub-commands through `register_cli(subparsers)`; each keeps heavy imports inside its handlers.
+COMMAND_MODULES = ("propensity.streaming", "propensity.serving")
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="propensity", description="Real-time purchase-intent workbench.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -329,6 +334,8 @@ def parser() -> argparse.ArgumentParser:
     o = sub.add_parser("online-store", help="start, stop or show the online store (embedded Valkey unless REDIS_URL)")
     o.add_argument("action", choices=["start", "stop", "status"])
     o.set_defaults(fn=cmd_online_store)
+    for mod in COMMAND_MODULES:  # the streaming job and the scoring service add their own commands
+        if importlib.util.find_spec(mod) is not None: importlib.import_module(mod).register_cli(sub)
     return p
 
 def main(argv: list[str] | None = None) -> int:

@@ -57,6 +57,8 @@ class Settings:
         "Default random seed for simulations and training.", _parse_int("PROPENSITY_SEED"))
     log_level: str = _setting("PROPENSITY_LOG_LEVEL", "INFO",
         "Logging level for jobs and services.")
+    stream_key: str = _setting("PROPENSITY_STREAM", "propensity:events",
+        "Redis Stream of live events (the embedded stand-in for Kinesis/Kafka), on the online store's server.")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
