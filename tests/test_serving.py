@@ -1,0 +1,364 @@
+"""The scoring service end to end on real parts: a short simulated world (Spark batch job), a small trained and
+promoted model, Feast materialization into a private Valkey server, the service as a real uvicorn process, the
+SageMaker `serve` program as a real remote endpoint. Parity with Feast's reader, hot reload under traffic, an
+online-store outage (server stopped and restarted mid-load), auth, validation, the collector, and a schemathesis
+run against the published OpenAPI schema."""
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import copy_world
+
+from propensity.config import Settings
+from propensity.contracts import read_table
+from propensity.feast_repo import feature_store, materialize
+from propensity.features import ENTITIES, features_of
+from propensity.livestream import dead_letter_key, read_after, stream_length
+from propensity.onlinestore import EmbeddedValkey, _free_port, redis_client
+from propensity.registry import load, promote, register
+from propensity.scorer import FeatureReader, ModelBundle, Scorer, model_source, policy_source
+from propensity.train import TrainConfig, train_pipeline
+
+BIN = Path(sys.executable).parent
+SERVE = Path(__file__).resolve().parents[1] / "serving" / "sagemaker" / "serve"
+POLICY = Path(__file__).resolve().parents[1] / "serving" / "policy.toml"
+PROJECT = "servingtest"
+KEY = "test-key-0123456789"
+CFG = TrainConfig(val_days=2, test_days=2, n_trials=2, timeout_s=60, max_rounds=200, early_stopping=20)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, short_world):
+    "A copy of the short world with a promoted model, materialized into a private Valkey on a fixed port."
+    d = copy_world(short_world, tmp_path_factory.mktemp("serving") / "w")
+    s = train_pipeline(d, CFG, gates=dict(ece_max=1.0, segment_ece_max=1.0, pr_auc_tolerance=1.0))
+    assert s["version"] == "v0001" and s["promoted"]
+    vdir, port = tmp_path_factory.mktemp("serving-valkey"), _free_port()
+    server = EmbeddedValkey(vdir, port=port).start()
+    settings = Settings(data_dir=d, redis_url=server.url, feast_project=PROJECT, stream_key="servingtest:events")
+    materialize(settings, d, verbose=False)
+    box = {"server": server}
+    try:
+        yield dict(d=d, settings=settings, url=server.url, port=port, vdir=vdir, box=box)
+    finally:
+        box["server"].stop()
+
+
+def ids_sample(d: Path, n: int = 40) -> list[dict]:
+    "Entity ids of recent scoring points: sessions, their users (some anonymous) and products, plus unknown ones."
+    tr = read_table(d / "training" / "training_set").sort_values("event_timestamp").tail(3000)
+    rows = tr.sample(n, random_state=1)
+    out = [{"user_id": u if isinstance(u, str) else None, "session_id": s, "product_id": p if isinstance(p, str) else None}
+           for u, s, p in zip(rows["user_id"], rows["session_id"], rows["product_id"])]
+    return out + [{"user_id": "nobody", "session_id": "never-seen", "product_id": "nothing"}]
+
+
+def test_reader_equals_feast_get_online_features(world):
+    settings, d = world["settings"], world["d"]
+    store = feature_store(settings, d)
+    r = redis_client(world["url"])
+    reader = FeatureReader(PROJECT)
+    rows = ids_sample(d)
+    ent_rows = [{k: (v if v is not None else "") for k, v in row.items()} for row in rows]
+    got = store.get_online_features(features=store.get_feature_service("propensity_v1"), entity_rows=ent_rows).to_dict()
+    found = {e: 0 for e in ENTITIES}
+    for n, row in enumerate(ent_rows):
+        feats, missing, times = reader.decode([r.hmget(*c) if c else None for c in reader.commands(row)], fill=False)
+        for f in features_of(when="state"):
+            assert feats[f.name] == got[f.name][n] and type(feats[f.name]) is type(got[f.name][n]), (f.name, n)
+        for e in ENTITIES:
+            found[e] += e not in missing
+            assert (e in missing) == all(got[f.name][n] is None for f in features_of(e, "state"))
+    assert all(0 < v < len(rows) for v in found.values()), found   # both present and missing entities were compared
+    # filled: the spec's defaults for the unknown entities, and they are flagged
+    feats, missing, _ = reader.fetch(r, rows[-1])
+    assert missing == ["user", "session", "product"] and feats["user_days_since_last_order"] == 999.0 and feats["sess_device"] == "unknown"
+
+
+def test_in_process_score_equals_booster_predict_on_a_dataframe(world):
+    "The scorer's fast path gives the baseline's number (Booster.predict on the encoded frame) and calibration."
+    d, r = world["d"], redis_client(world["url"])
+    sc = Scorer(PROJECT, model_source(d / "registry"))
+    mb = sc.models.current
+    at = int(pd.Timestamp("2024-03-11T12:00:00Z").value // 1_000_000)
+    for row in ids_sample(d, 25):
+        req = {**row, "anonymous_id": "a", "at_ms": at}
+        a = sc.score(r, req)
+        values = sc.values(req, [r.hmget(*c) if c else None for c in sc.plan(req)])
+        X = mb.encoder.transform(pd.DataFrame([values]))
+        raw = float(mb.model.booster.predict(X)[0])
+        assert abs(a["raw_score"] - raw) < 1e-9
+        seg = pd.DataFrame({c: [values[f]] for c, f in (("device", "sess_device"), ("country", "sess_country"), ("traffic_source", "sess_traffic_source"))})
+        assert abs(a["probability"] - mb.calibrated.calibrate(np.array([raw]), seg)[0]) < 1e-9
+        assert a["degraded"] is False and a["model_version"] == "v0001"
+
+
+# ---------------------------------------------------------------------------- the HTTP service
+class Service:
+    "`propensity serve` as a subprocess on a free port."
+    def __init__(self, world, **env):
+        self.port = _free_port()
+        e = {**os.environ, "REDIS_URL": world["url"], "PROPENSITY_FEAST_PROJECT": PROJECT, "PROPENSITY_API_KEYS": KEY,
+             "PROPENSITY_STREAM": world["settings"].stream_key, "PROPENSITY_RELOAD_S": "0.2", **env}
+        self.proc = subprocess.Popen([str(BIN / "propensity"), "serve", "--data", str(world["d"]), "--port", str(self.port)],
+                                     env=e, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.client = httpx.Client(base_url=self.base, headers={"X-API-Key": KEY}, timeout=10)
+        deadline = time.monotonic() + 60
+        while True:
+            if self.proc.poll() is not None: raise RuntimeError(f"serve exited: {self.proc.stdout.read()}")
+            try:
+                if self.client.get("/healthz").status_code == 200: break
+            except httpx.TransportError: pass
+            if time.monotonic() > deadline: raise RuntimeError("serve did not start")
+            time.sleep(0.1)
+
+    def stop(self):
+        self.client.close()
+        self.proc.terminate()
+        try: self.proc.wait(10)
+        except subprocess.TimeoutExpired: self.proc.kill(); self.proc.wait()
+        return self.proc.stdout.read()
+
+
+@pytest.fixture(scope="module")
+def service(world):
+    s = Service(world)
+    yield s
+    log = s.stop()
+    assert "never-seen" not in log and "nobody" not in log  # no ids in the service's output
+
+
+def req(row, **kw):
+    return {k: v for k, v in {**row, "anonymous_id": "anon-1", **kw}.items() if v is not None}
+
+
+def test_score_returns_the_in_process_answer_with_band_action_and_contributions(world, service):
+    rows = ids_sample(world["d"], 10)
+    at = int(pd.Timestamp("2024-03-11T12:00:00Z").value // 1_000_000)
+    sc = Scorer(PROJECT, model_source(world["d"] / "registry"), policy_source(POLICY))   # the service's policy file
+    r = redis_client(world["url"])
+    for row in rows:
+        a = service.client.post("/v1/score", json=req(row, at_ms=at)).json()
+        b = sc.score(r, {**row, "anonymous_id": "anon-1", "at_ms": at})
+        assert a["probability"] == pytest.approx(b["probability"], abs=1e-12) and a["band"] == b["band"]
+        assert a["model_version"] == "v0001" and a["degraded"] is False and a["action"] == b["action"]
+    unknown = service.client.post("/v1/score", json=req(rows[-1], at_ms=at)).json()
+    assert unknown["missing"] == ["user", "session", "product"] and unknown["feature_age_s"] is None and not unknown["degraded"]
+    e = service.client.post("/v1/score", json=req(rows[0], at_ms=at, explain=True)).json()
+    assert len(e["contributions"]) == 6 and e["contributions"][-1]["feature"] == "_bias"
+    logit = np.log(e["raw_score"] / (1 - e["raw_score"]))
+    assert abs(sum(c["contribution"] for c in e["contributions"])) <= abs(logit) + sum(abs(c["contribution"]) for c in e["contributions"])
+    batch = service.client.post("/v1/score/batch", json={"requests": [req(x, at_ms=at) for x in rows[:5]]}).json()["results"]
+    singles = [service.client.post("/v1/score", json=req(x, at_ms=at)).json() for x in rows[:5]]
+    assert [x["probability"] for x in batch] == [x["probability"] for x in singles]
+
+
+def test_auth_is_required_on_score_and_events_but_not_on_health(service):
+    body = {"anonymous_id": "a", "session_id": "s"}
+    for path, payload in (("/v1/score", body), ("/v1/score/batch", {"requests": [body]}), ("/v1/events", {"events": [{}]})):
+        assert httpx.post(service.base + path, json=payload).status_code == 401
+        assert httpx.post(service.base + path, json=payload, headers={"X-API-Key": KEY[:-1] + "x"}).status_code == 401
+        assert httpx.post(service.base + path, json=payload, headers={"X-API-Key": KEY}).status_code == 200
+    assert httpx.get(service.base + "/healthz").status_code == 200
+    assert httpx.get(service.base + "/readyz").json()["ready"] is True
+
+
+def test_bad_input_is_a_422_naming_the_field(service):
+    r = service.client.post("/v1/score", json={"anonymous_id": "a"})
+    assert r.status_code == 422 and r.json()["errors"] == ["body.session_id: Field required"]
+    r = service.client.post("/v1/score", json={"anonymous_id": "a", "session_id": "s", "explian": True})
+    assert r.status_code == 422 and any("explian" in e for e in r.json()["errors"])
+    r = service.client.post("/v1/score/batch", json={"requests": []})
+    assert r.status_code == 422 and "body.requests" in r.json()["errors"][0]
+
+
+def test_collector_appends_valid_events_and_dead_letters_the_rest(world, service):
+    r = redis_client(world["url"])
+    stream = world["settings"].stream_key
+    before, dead_before = stream_length(r, stream), stream_length(r, dead_letter_key(stream))
+    ev = {"event_id": "e-1", "event_type": "add_to_cart", "event_time": 1710158400000, "anonymous_id": "a1",
+          "session_id": "s1", "product_id": "p1", "price": 19.9, "quantity": 1, "device": "mobile"}
+    events = [ev, {**ev, "event_id": "e-2", "price": None}, {**ev, "event_id": "e-3", "event_type": "product_view"},
+              {**ev, "event_id": "e-4", "device": "fridge"}]
+    r_ = service.client.post("/v1/events", json={"events": events}).json()
+    assert r_["accepted"] == 2 and [x["index"] for x in r_["rejected"]] == [1, 3]
+    assert "price: missing" in r_["rejected"][0]["reason"] and "device='fridge'" in r_["rejected"][1]["reason"]
+    assert stream_length(r, stream) == before + 2 and stream_length(r, dead_letter_key(stream)) == dead_before + 2
+    lines = [json.loads(x) for _, x in read_after(r, stream)][-2:]
+    assert [x["event_id"] for x in lines] == ["e-1", "e-3"] and lines[0] == ev   # the original JSON, as sent
+    dead = [json.loads(x) for _, x in read_after(r, dead_letter_key(stream))][-2:]
+    assert dead[0]["record"]["event_id"] == "e-2" and "price" in dead[0]["reason"]
+
+
+def test_metrics_count_latency_by_route_and_degraded_by_reason(service):
+    service.client.post("/v1/score", json={"anonymous_id": "a", "session_id": "metrics-check"})
+    m = service.client.get("/metrics").text
+    count = [l for l in m.splitlines() if l.startswith('propensity_http_request_seconds_count{route="/v1/score"}')]
+    assert count and float(count[0].split()[-1]) >= 1
+    assert 'propensity_model_info{version="v0001"} 1.0' in m and "propensity_events_total" in m
+
+
+def _hammer(client, stop, out, body):
+    while not stop.is_set():
+        t = time.perf_counter()
+        try:
+            r = client.post("/v1/score", json=body)
+            out.append((r.status_code, r.json(), time.perf_counter() - t))
+        except httpx.HTTPError as e:
+            out.append((599, {"error": repr(e)}, time.perf_counter() - t))
+
+
+def test_hot_reload_under_traffic(world, service):
+    d = world["d"]
+    row = ids_sample(d, 3)[0]
+    body = req(row, at_ms=int(pd.Timestamp("2024-03-11T12:00:00Z").value // 1_000_000))
+    stop, out = threading.Event(), []
+    clients = [httpx.Client(base_url=service.base, headers={"X-API-Key": KEY}, timeout=10) for _ in range(2)]
+    threads = [threading.Thread(target=_hammer, args=(c, stop, out, body)) for c in clients]
+    for t in threads: t.start()
+    time.sleep(1.0)
+    m = load(d / "registry")  # a new version: the same model with every session in the high band
+    v2 = register(d / "registry", booster_text=m.booster.model_to_string(), feature_names=m.feature_names, spec_hash=m.spec_hash,
+                  calibration=m.calibration, training_window={}, metrics=m.metrics, gates={"passed": True},
+                  bands={**m.bands, "thresholds": {"high": 0.0, "medium": 0.0, "low": 0.0}}, lineage={}, params={})
+    n_at_promote = len(out)
+    promote(d / "registry", v2)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and not (out and out[-1][1].get("model_version") == v2): time.sleep(0.05)
+    time.sleep(0.5)
+    stop.set()
+    for t in threads: t.join()
+    for c in clients: c.close()
+    promote(d / "registry", "v0001")                      # the rest of the module serves v0001 again
+    assert len(out) > 50 and all(s == 200 for s, _, _ in out)  # nothing failed while the model was swapped
+    versions = [a["model_version"] for _, a, _ in out]
+    first_v2 = versions.index(v2)
+    assert first_v2 >= n_at_promote and set(versions[:first_v2]) == {"v0001"}
+    assert set(versions[first_v2 + 10:]) == {v2}           # (the two client threads may interleave at the switch)
+    assert all(a["band"] == "high" for _, a, _ in out[first_v2 + 10:])
+    assert max(t for _, _, t in out) < 1.0                  # no request waited for the load
+    deadline = time.monotonic() + 15
+    while service.client.post("/v1/score", json=body).json()["model_version"] != "v0001" and time.monotonic() < deadline: time.sleep(0.1)
+
+
+def test_policy_file_changes_are_applied_and_bad_ones_refused(world, tmp_path):
+    pol = tmp_path / "policy.toml"
+    text = (Path(__file__).resolve().parents[1] / "serving" / "policy.toml").read_text()
+    pol.write_text(text.replace("# high = 0.30", "high = 0.0").replace("# medium = 0.08", "medium = 0.0"))
+    s = Service(world, PROPENSITY_POLICY=str(pol))
+    try:
+        body = {"anonymous_id": "a", "session_id": "policy-check"}
+        a = s.client.post("/v1/score", json=body).json()
+        assert a["band"] == "high" and a["action"]["action"] == "no_incentive"
+        pol.write_text(text.replace("# high = 0.30", "high = 1.0").replace("# medium = 0.08", "medium = 0.0"))
+        deadline = time.monotonic() + 10
+        while s.client.post("/v1/score", json=body).json()["band"] != "medium" and time.monotonic() < deadline: time.sleep(0.1)
+        a = s.client.post("/v1/score", json=body).json()
+        assert a["band"] == "medium" and a["action"] == {"action": "incentive", "incentive": "10_percent_off", "upsell_slots": 0}
+        pol.write_text(text.replace('action = "incentive"', 'action = "discount"'))  # invalid: the previous policy stays
+        deadline = time.monotonic() + 10
+        while not s.client.get("/readyz").json()["policy_error"] and time.monotonic() < deadline: time.sleep(0.1)
+        assert "bands.medium.action='discount'" in s.client.get("/readyz").json()["policy_error"]
+        assert s.client.post("/v1/score", json=body).json()["action"]["action"] == "incentive"
+    finally:
+        s.stop()
+
+
+def test_online_store_outage_gives_degraded_answers_then_recovers(world, service):
+    row = ids_sample(world["d"], 3)[0]
+    body = req(row, device="desktop", at_ms=int(pd.Timestamp("2024-03-11T12:00:00Z").value // 1_000_000))
+    healthy = service.client.post("/v1/score", json=body).json()
+    assert not healthy["degraded"]
+    stop, out = threading.Event(), []
+    c = httpx.Client(base_url=service.base, headers={"X-API-Key": KEY}, timeout=10)
+    th = threading.Thread(target=_hammer, args=(c, stop, out, body)); th.start()
+    time.sleep(0.5)
+    world["box"]["server"].stop()                               # the online store goes away mid-load
+    t_down = len(out)
+    time.sleep(2.0)
+    t_up = len(out)
+    world["box"]["server"] = EmbeddedValkey(world["vdir"], port=world["port"]).start()   # and comes back (its data saved)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and not (out and not out[-1][1].get("degraded")): time.sleep(0.05)
+    time.sleep(0.3)
+    stop.set(); th.join(); c.close()
+    assert all(s == 200 for s, _, _ in out)                     # never a 5xx
+    during = [a for _, a, _ in out[t_down + 5:t_up]]
+    assert during and all(a["degraded"] for a in during)
+    reasons = {a["degraded_reason"] for a in during}
+    assert reasons <= {"online_store_unavailable", "online_store_timeout", "online_store_circuit_open"} and "online_store_circuit_open" in reasons
+    assert all(a["raw_score"] is None and a["action"]["action"] == "none" for a in during)
+    assert max(t for _, _, t in out[t_down:t_up]) < 0.5         # within the latency budget: no hanging on a dead store
+    after = out[-1][1]
+    assert not after["degraded"] and after["probability"] == pytest.approx(healthy["probability"], abs=1e-12)   # recovered by itself
+    m = service.client.get("/metrics").text
+    assert 'propensity_degraded_total{reason="online_store_circuit_open"}' in m
+
+
+def test_schemathesis_finds_no_server_error(service):
+    r = subprocess.run([str(BIN / "schemathesis"), "run", f"{service.base}/openapi.json", "--checks", "not_a_server_error",
+                        "--max-examples", "15", "--seed", "7", "-H", f"X-API-Key: {KEY}", "--no-color"],
+                       capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-2000:]
+    assert "Tested: 6" in r.stdout and "No issues found" in r.stdout   # all six operations, hundreds of generated cases
+    assert int(re.search(r"(\d+) generated", r.stdout).group(1)) > 100
+
+
+# ---------------------------------------------------------------------------- SageMaker contract
+def test_sagemaker_serve_is_the_remote_endpoint_of_the_scoring_api(world, tmp_path):
+    root = tmp_path / "ml"
+    shutil.copytree(world["d"] / "registry", root / "model")   # what SageMaker unpacks from model.tar.gz
+    port = _free_port()
+    env = {**os.environ, "PROPENSITY_SM_ROOT": str(root), "SAGEMAKER_BIND_TO_PORT": str(port), "PROPENSITY_SM_HOST": "127.0.0.1"}
+    proc = subprocess.Popen([sys.executable, str(SERVE)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    ep = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(ep + "/ping").status_code == 200: break
+            except httpx.TransportError: pass
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.poll() is not None else "no /ping"
+            time.sleep(0.1)
+        assert os.access(SERVE, os.X_OK) and httpx.get(ep + "/ping").json()["model_version"] == "v0001"
+        mb = ModelBundle.load(world["d"] / "registry")
+        tr = read_table(world["d"] / "training" / "training_set").tail(20)
+        names = mb.encoder.features
+        rows = [{n: (v.item() if hasattr(v, "item") else v) for n, v in rec.items()} for rec in tr[names].to_dict("records")]
+        want = [mb.score(x)[1] for x in rows]
+        js = httpx.post(ep + "/invocations", json={"instances": rows}).json()
+        assert [p["probability"] for p in js["predictions"]] == pytest.approx(want, abs=1e-12)
+        csv = tr[names].to_csv(index=False).encode()
+        got = httpx.post(ep + "/invocations", content=csv, headers={"content-type": "text/csv", "accept": "text/csv"}).text.split()
+        assert [float(x) for x in got] == pytest.approx(want, abs=1e-9)
+        bad = httpx.post(ep + "/invocations", json={"instances": [{**rows[0], "sess_events": "many"}]})
+        assert bad.status_code == 400 and "row 0: sess_events='many'" in bad.json()["error"]
+
+        # the scoring API with the endpoint instead of its in-process model: the same answers
+        s = Service(world, PROPENSITY_MODEL_ENDPOINT=ep)
+        try:
+            at = int(pd.Timestamp("2024-03-11T12:00:00Z").value // 1_000_000)
+            sc = Scorer(PROJECT, model_source(world["d"] / "registry"))
+            r = redis_client(world["url"])
+            for row in ids_sample(world["d"], 5):
+                a = s.client.post("/v1/score", json=req(row, at_ms=at)).json()
+                assert not a["degraded"] and a["probability"] == pytest.approx(sc.score(r, {**row, "at_ms": at})["probability"], abs=1e-12)
+            proc.terminate(); proc.wait(10)                        # the endpoint goes away: degraded, not an error
+            a = s.client.post("/v1/score", json=req(row, at_ms=at))
+            assert a.status_code == 200 and a.json()["degraded_reason"] == "model_endpoint_unavailable"
+        finally:
+            s.stop()
+    finally:
+        if proc.poll() is None: proc.terminate(); proc.wait(10)
