@@ -1,0 +1,216 @@
+"""The streaming job against the real things: Spark local[2] (transformWithStateInPandas, RocksDB state, checkpoints),
+a real Valkey server, Feast's own online read. A small simulated day is replayed (a few hours of it, a couple of
+thousand lines with the simulator's late, duplicate and malformed records) into a Redis Stream per test."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from propensity.batch import BatchConfig, fold_sessions
+from propensity.config import Settings
+from propensity.feast_repo import VIEWS, apply, decode_value, feature_store, field_name, redis_key
+from propensity.features import features_of
+from propensity.livestream import dead_letter_key, publish
+from propensity.streaming import (EV_COLUMNS, SESSION_FEATURES, StreamConfig, StreamPaths, committed_offset,
+                                  landing_lines, read_metrics, replay, run_stream, status)
+
+HOURS = 4          # replayed slice of the simulated day (event time)
+FEATS = features_of("session", "state")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    "One simulated day (small profile, 1% malformed records); tests replay its first HOURS of landing-zone lines."
+    from dataclasses import replace as _replace
+    from propensity.simulate import PROFILES, simulate
+    out = tmp_path_factory.mktemp("stream_world") / "w"
+    simulate(_replace(PROFILES["small"], malformed_share=0.01), 1, 11, out, progress=False)
+    return out
+
+
+def settings_for(redis_url, data_dir, name):
+    "Settings of one run: its own stream key and Feast project (so runs never share keys)."
+    return Settings.from_env({"REDIS_URL": redis_url, "PROPENSITY_DATA": str(data_dir),
+                              "PROPENSITY_STREAM": f"test:{name}", "PROPENSITY_FEAST_PROJECT": f"t_{name}",
+                              "SPARK_MASTER": "local[2]"})
+
+
+def replayed(world):
+    "The lines the replay of the slice publishes, in order."
+    return [line for _, line in landing_lines(world, hours=HOURS)]
+
+
+def batch_fold(world, lines):
+    "The batch job's fold (`fold_sessions`) over the canonical events among `lines`: session id -> features."
+    ids = set()
+    for l in lines:
+        try: ids.add(orjson.loads(l)["event_id"])
+        except (orjson.JSONDecodeError, KeyError, TypeError): pass
+    ev = pd.read_parquet(world / "tables" / "events")
+    ev = ev[ev.event_id.isin(ids)].sort_values(["session_id", "event_time", "event_id"]).reset_index(drop=True)
+    rows = fold_sessions(ev, BatchConfig())
+    return {r["session_id"]: r for r in rows if r["kind"] == "session"}
+
+
+def online(settings, data_dir, sessions):
+    "Session features read back through Feast's own FeatureStore.get_online_features."
+    store = feature_store(settings, data_dir)
+    apply(store, data_dir)
+    got = store.get_online_features(features=[f"{VIEWS['session']}:{f.name}" for f in FEATS],
+                                    entity_rows=[{"session_id": s} for s in sessions]).to_dict()
+    return {s: {f.name: got[f.name][i] for f in FEATS} for i, s in enumerate(sessions)}
+
+
+def malformed_ids(world):
+    "Event ids of the simulator's malformed records (truth/delivery)."
+    t = pd.read_parquet(world / "truth" / "delivery")
+    return set(t[t.kind == "malformed"].event_id)
+
+
+def same(a, b):
+    "Feature dicts equal (floats within 1e-9 relative)."
+    for f in FEATS:
+        x, y = a[f.name], b[f.name]
+        if f.dtype == "float64": assert x == pytest.approx(y, rel=1e-9, abs=1e-9), (f.name, x, y)
+        else: assert x == y, (f.name, x, y)
+
+
+def test_stream_equals_batch_and_dead_letters_bad_input(world, tmp_path, redis_url, redis_client, spark):
+    "Skew + bad input: every session's online features (via Feast) equal the batch fold; malformed -> dead letters."
+    s = settings_for(redis_url, tmp_path, "skew")
+    lines = replayed(world)
+    rep = replay(redis_client, world, s.stream_key, None, hours=HOURS, progress=False)
+    assert rep["lines"] == len(lines) > 1000
+    out = run_stream(tmp_path, s, StreamConfig(lateness_minutes=600), until_idle=True, spark=spark, progress=False)
+    assert out["stopped_by"] == "idle"
+    assert out["input_rows"] == len(lines) and out["late_dropped"] == 0  # 10 h lateness: nothing is late in 6 h
+
+    expected = batch_fold(world, lines)
+    got = online(s, tmp_path, sorted(expected))
+    assert len(expected) > 50
+    for sid, exp in expected.items():
+        same(got[sid], {f.name: exp[f.name] for f in FEATS})
+
+    # bad input: exactly the simulator's malformed records of the slice are dead-lettered, with reasons
+    bad = malformed_ids(world)
+    injected = [l for l in lines if any(m.encode() in l for m in bad)]
+    assert injected, "the slice should hold malformed records"
+    dead = redis_client.xrange(dead_letter_key(s.stream_key))
+    assert len(dead) == len(injected) == out["rejected"]
+    assert sorted(d[b"e"] for _, d in dead) == sorted(injected)
+    for _, d in dead:
+        reason = d[b"reason"].decode()
+        assert reason.split("=")[0].split(":")[0] in {"record", "session_id", "event_type", "event_time", "price", "country"}, reason
+        assert d[b"source"].startswith(s.stream_key.encode() + b":")
+    # the query kept running: batches after the first reject still updated sessions, and it stopped only when idle
+    metrics = read_metrics(StreamPaths.of(tmp_path).metrics)
+    assert sum(m["rejected"] or 0 for m in metrics) == len(injected)
+    first_bad = min(m["batch_id"] for m in metrics if m["rejected"])
+    assert sum(m.get("sessions_updated", 0) for m in metrics if m["batch_id"] >= first_bad) > 0
+    # the duplicates the replay injected are dropped (by the dedup step or by the fold) and counted
+    dups = len(lines) - len(injected) - len({orjson.loads(l)["event_id"] for l in lines if l not in injected})
+    assert dups > 0 and out["duplicates_dropped"] + sum(m.get("fold_duplicates", 0) for m in metrics) == dups
+
+
+def test_online_write_never_goes_back_in_time(redis_client):
+    "The sink's Lua script: replaying a batch changes nothing; an older event time never overwrites a newer one."
+    from propensity.streaming import write_online
+    base = {"session_id": "s-lua", **{f.name: f.default for f in FEATS}}
+    new = base | {"event_timestamp": 1_709_600_000_000, "sess_events": 5, "sess_searches": 2}
+    old = base | {"event_timestamp": 1_709_500_000_000, "sess_events": 9, "sess_searches": 7}
+    late = new | {"sess_events": 6, "sess_searches": 3}  # a late event: same latest time, one more event folded
+    key = redis_key("session", "s-lua", "p")
+    fld = field_name(VIEWS["session"], "sess_searches")
+    assert write_online(redis_client, [new], "p") == (1, 0)
+    snap = redis_client.hgetall(key)
+    assert write_online(redis_client, [new], "p") == (1, 0) and redis_client.hgetall(key) == snap  # replay: no change
+    assert write_online(redis_client, [old], "p") == (0, 1)
+    assert decode_value(redis_client.hget(key, fld), "int64") == 2
+    assert write_online(redis_client, [late], "p") == (1, 0)
+    assert decode_value(redis_client.hget(key, fld), "int64") == 3
+    assert write_online(redis_client, [new], "p") == (0, 1)  # fewer events at the same time: older state
+
+
+def online_raw(client, project, sessions):
+    "Decoded session features straight from the hashes (for comparing two runs)."
+    out = {}
+    for sid in sessions:
+        h = client.hgetall(redis_key("session", sid, project))
+        out[sid] = {f.name: decode_value(h.get(field_name(VIEWS["session"], f.name)), f.dtype) for f in FEATS}
+    return out
+
+
+def offline_rows(data_dir):
+    files = sorted(StreamPaths.of(data_dir).offline.rglob("*.parquet"))
+    return pd.concat([pq.read_table(f).to_pandas() for f in files], ignore_index=True)
+
+
+CRASH_CFG = dict(lateness_minutes=5, max_rows_per_batch=300)
+
+
+def test_bounded_state_and_crash_restart(world, tmp_path, redis_url, redis_client, spark):
+    """Bounded state: after sessions time out, the state holds only the active ones. Crash: kill -9 the job
+    (subprocess) mid-stream, restart: the same online state and offline rows as the uninterrupted run, no duplicates."""
+    lines = replayed(world)
+    # --- the uninterrupted run (in-process) ------------------------------------------------------------------
+    ref_dir = tmp_path / "ref"; ref_dir.mkdir()
+    ref = settings_for(redis_url, ref_dir, "ref")
+    publish(redis_client, lines, ref.stream_key)
+    out = run_stream(ref_dir, ref, StreamConfig(**CRASH_CFG), until_idle=True, spark=spark, progress=False)
+    assert out["stopped_by"] == "idle" and out["batches"] >= 5
+    rows = offline_rows(ref_dir)
+    evicted = set(rows[rows.kind == "timeout"].session_id)
+    touched = set(rows.session_id)
+    active = touched - evicted
+    assert evicted and active
+    # Spark's own state store: exactly the sessions not yet timed out
+    wm = pd.Timestamp(out["watermark"]).value // 1_000_000
+    assert out["state_rows"] == len(active)
+    last = rows.groupby("session_id").sess_last_event_ms.max()
+    gap = StreamConfig().gap_ms
+    assert all(last[s] + gap <= wm for s in evicted)   # timed out: the watermark passed latest event + timeout
+    assert all(last[s] + gap > wm for s in active)     # still open
+    st = spark.read.format("statestore").option("path", str(StreamPaths.of(ref_dir).checkpoint)) \
+        .option("operatorId", 0).option("stateVarName", "session").load()
+    keys = {r[0][0] for r in st.select("key").collect()}
+    assert keys == active
+
+    # --- the crashed run: a subprocess killed with SIGKILL mid-stream, then restarted -------------------------
+    crash_dir = tmp_path / "crash"; crash_dir.mkdir()
+    cr = settings_for(redis_url, crash_dir, "crash")
+    publish(redis_client, lines, cr.stream_key)
+    env = {**os.environ, "REDIS_URL": redis_url, "PROPENSITY_STREAM": cr.stream_key, "PROPENSITY_FEAST_PROJECT": cr.feast_project,
+           "SPARK_MASTER": "local[2]", "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
+    cmd = [str(Path(sys.executable).parent / "propensity"), "stream", "--data", str(crash_dir), "--until-idle", "--quiet",
+           "--lateness-minutes", str(CRASH_CFG["lateness_minutes"]), "--max-rows", str(CRASH_CFG["max_rows_per_batch"])]
+    metrics = StreamPaths.of(crash_dir).metrics
+    p = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 2):
+        assert p.poll() is None, "the job ended before it could be killed"
+        time.sleep(0.05)
+    os.killpg(p.pid, signal.SIGKILL); p.wait()  # the driver and its JVM, mid-stream
+    done, _ = committed_offset(StreamPaths.of(crash_dir).checkpoint)
+    assert done is not None and done < out["last_batch"] - 1, "killed too late to be a mid-stream crash"
+    r = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "stopped (idle)" in r.stdout
+
+    sessions = sorted(touched)
+    assert online_raw(redis_client, cr.feast_project, sessions) == online_raw(redis_client, ref.feast_project, sessions)
+    crows = offline_rows(crash_dir)
+    assert not crows.duplicated(["batch_id", "session_id", "kind"]).any()
+    assert not crows[crows.kind == "timeout"].session_id.duplicated().any()
+    key = ["batch_id", "session_id", "kind", "sess_events", "event_timestamp"]
+    assert crows[key].sort_values(key).reset_index(drop=True).equals(rows[key].sort_values(key).reset_index(drop=True))
+    st = status(crash_dir, cr, redis_client)
+    assert st["lag_entries"] == 0 and st["committed_offset"] == st["stream_last_id"]
