@@ -19,7 +19,7 @@ from scipy.stats import norm
 from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
 
-from .metrics import SEGMENTS, _inputs, brier, ece, log_loss
+from .metrics import SEGMENT_MIN_BIN_ROWS, SEGMENTS, _inputs, brier, ece, log_loss
 
 # %% auto #0
 __all__ = ['SYNTH_SHARES', 'SYNTH_EFFECTS', 'CALIBRATORS', 'kinked', 'synthetic_calibration_data', 'PlattCalibrator',
@@ -204,10 +204,15 @@ class SegmentAdjuster:
             if moved < self.tol: break
         return z
 
-    def fit(self, p, y, segments, sample_weight=None) -> SegmentAdjuster:
-        "Learn the shifts from calibrated probabilities `p`, labels `y` and the `segments` columns (DataFrame or mapping of arrays)."
+    def fit(self, p, y, segments, sample_weight=None, groups=None) -> SegmentAdjuster:
+        """Learn the shifts from calibrated probabilities `p`, labels `y` and the `segments` columns (DataFrame or mapping
+        of arrays). `groups` (e.g. session ids): rows of one group share their outcome, so the score test uses the
+        cluster-robust variance (sums over groups) instead of treating every row as independent evidence."""
         y, p, w = _inputs(y, p, sample_weight)
         n, z0 = len(y), _logit(p, self.eps)
+        if groups is not None:
+            groups = pd.factorize(pd.Series(np.asarray(groups, dtype=object)))[0]
+            if len(groups) != n: raise ValueError(f"groups has {len(groups)} rows, expected {n}")
         cands, rows_out = [], []                      # candidates: [col, value, rows]
         for col in self.columns:
             v = _seg_values(segments, col, n)
@@ -229,7 +234,10 @@ class SegmentAdjuster:
                 Xs = X[rows]
                 I_as, J_as = Xs.T @ v1[rows], Xs.T @ v2[rows]
                 c = np.linalg.solve(I_aa, I_as)
-                var = v2[rows].sum() - 2 * c @ J_as + c @ J_aa @ c
+                if groups is None: var = v2[rows].sum() - 2 * c @ J_as + c @ J_aa @ c
+                else:                                           # robust: the efficient score's sum per group, squared
+                    a = -(X @ c); a[rows] += 1.0
+                    var = float((np.bincount(groups, a * r) ** 2).sum())
                 zstat[i] = float((r[rows].sum() - c @ U_a) / math.sqrt(var)) if var > 1e-9 * v2[rows].sum() else 0.0
                 if best is None or abs(zstat[i]) > abs(zstat[best]): best = i
             if best is None or abs(zstat[best]) <= self.z_crit_: break
@@ -244,8 +252,8 @@ class SegmentAdjuster:
             rep.append({"column": col, "value": value, "n": len(rows), "observed": float((w[rows] * y[rows]).sum() / w[rows].sum()),
                         "before": float((w[rows] * p[rows]).sum() / w[rows].sum()),
                         "after": float((w[rows] * q_after[rows]).sum() / w[rows].sum()),
-                        "ece_before": ece(y[rows], p[rows], sample_weight=w[rows]),
-                        "ece_after": ece(y[rows], q_after[rows], sample_weight=w[rows]),
+                        "ece_before": ece(y[rows], p[rows], sample_weight=w[rows], min_bin_rows=SEGMENT_MIN_BIN_ROWS),
+                        "ece_after": ece(y[rows], q_after[rows], sample_weight=w[rows], min_bin_rows=SEGMENT_MIN_BIN_ROWS),
                         "z": zstat.get(i, math.nan) if supported else math.nan,
                         "shift": self.shifts_[col].get(value, 0.0), "adjusted": i in chosen,
                         "status": "adjusted" if i in chosen else "calibrated" if supported else "low support"})

@@ -22,7 +22,7 @@ from .config import ConfigError, Settings
 # %% auto #0
 __all__ = ['SHARE_FLAGS', 'COMMAND_MODULES', 'UsageError', 'cmd_config', 'cmd_simulate', 'print_world', 'cmd_summary',
            'cmd_ingest', 'PipelineStop', 'cmd_features', 'cmd_quality', 'cmd_materialize', 'cmd_train', 'cmd_promote',
-           'cmd_train_table', 'cmd_predict', 'cmd_report', 'cmd_online_store', 'parser', 'main']
+           'cmd_train_table', 'cmd_predict', 'cmd_recalibrate', 'cmd_report', 'cmd_online_store', 'parser', 'main']
 
 # %% ../nbs/09_cli.ipynb #21153bad
 class UsageError(Exception):
@@ -195,7 +195,8 @@ def cmd_train(args, settings: Settings) -> int:
     from propensity.train import TrainConfig, train_pipeline
     data = _data_arg(args, settings)
     try:
-        cfg = TrainConfig(n_trials=args.trials, timeout_s=args.timeout, val_days=args.val_days, test_days=args.test_days)
+        cfg = TrainConfig(n_trials=args.trials, timeout_s=args.timeout, val_days=args.val_days, test_days=args.test_days,
+                          until=args.until)
     except ValueError as e: raise UsageError(str(e)) from None
     try: s = train_pipeline(data, cfg, promote=not args.no_promote, progress=not args.quiet)
     except (FileNotFoundError, ValueError) as e: raise UsageError(str(e)) from None
@@ -241,12 +242,25 @@ def cmd_predict(args, settings: Settings) -> int:
     print(f"scores written to {out}")
     return 0
 
-def cmd_report(args, settings: Settings) -> int:
-    from propensity.reports import render_reports
+def cmd_recalibrate(args, settings: Settings) -> int:
+    from propensity.drift import DriftError, recalibrate
+    from propensity.registry import RegistryError
     data = _data_arg(args, settings)
-    if not (data / "models" / "latest_run.json").exists():
-        raise UsageError(f"{data}: no training run yet (models/latest_run.json); run `propensity train --data {data}` first")
-    paths = render_reports(data, out_root=args.out)
+    try:
+        s = recalibrate(data, days=args.days, version=args.version, promote=not args.no_promote, progress=not args.quiet)
+    except (DriftError, RegistryError, FileNotFoundError) as e: raise UsageError(str(e)) from None
+    if not s["version"]: raise PipelineStop("the recalibrated candidate failed its gates; the incumbent keeps serving")
+    return 0
+
+def cmd_report(args, settings: Settings) -> int:
+    from propensity.reports import REPORT_SETS, render_reports
+    data = _data_arg(args, settings)
+    pointer = REPORT_SETS[args.which][1]
+    if not (data / "models" / pointer).exists():
+        todo = "train" if args.which == "weekly" else "recalibrate"
+        raise UsageError(f"{data}: no {'training run' if todo == 'train' else 'recalibration'} yet (models/{pointer}); "
+                         f"run `propensity {todo} --data {data}` first")
+    paths = render_reports(data, out_root=args.out, which=args.which)
     print(f"reports: {paths.get('index', '')}")
     return 0
 
@@ -311,9 +325,17 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--trials", type=int, default=20, help="HPO trial budget (default 20)")
     t.add_argument("--timeout", type=float, default=900.0, help="HPO time budget in seconds (default 900)")
     t.add_argument("--val-days", type=int, default=7); t.add_argument("--test-days", type=int, default=7)
+    t.add_argument("--until", help="last UTC day (YYYY-MM-DD) to train on; later days are left for monitoring and recalibration")
     t.add_argument("--no-promote", action="store_true", help="register a passing candidate without promoting it")
     t.add_argument("--quiet", action="store_true")
     t.set_defaults(fn=cmd_train)
+    rc = sub.add_parser("recalibrate", help="refit the promoted model's segment adjustment on the days after its window")
+    rc.add_argument("--data", help="data folder (default $PROPENSITY_DATA/world)")
+    rc.add_argument("--days", type=int, default=7, help="the last N days after the model's window (default 7)")
+    rc.add_argument("--version", help="the version to recalibrate (default: the promoted one)")
+    rc.add_argument("--no-promote", action="store_true", help="register a passing recalibration without promoting it")
+    rc.add_argument("--quiet", action="store_true")
+    rc.set_defaults(fn=cmd_recalibrate)
     pr = sub.add_parser("promote", help="make a registered model version the serving one")
     pr.add_argument("version"); pr.add_argument("--data", help="data folder (default $PROPENSITY_DATA/world)")
     pr.add_argument("--force", action="store_true", help="promote even if its gates failed")
@@ -327,7 +349,8 @@ def parser() -> argparse.ArgumentParser:
     pd_.add_argument("--model", required=True); pd_.add_argument("--data", required=True); pd_.add_argument("--out", required=True)
     pd_.set_defaults(fn=cmd_predict)
     rp = sub.add_parser("report", help="render the stakeholder reports of the latest training run (HTML)")
-    rp.add_argument("which", choices=["weekly"], help="weekly: training report + calibration and segment report")
+    rp.add_argument("which", choices=["weekly", "drift"],
+                    help="weekly: training report + calibration and segment report; drift: the latest recalibration's drift check")
     rp.add_argument("--data", help="data folder (default $PROPENSITY_DATA/world)")
     rp.add_argument("--out", default="reports/runs", help="where rendered runs go (default reports/runs)")
     rp.set_defaults(fn=cmd_report)

@@ -15,8 +15,8 @@ import pandas as pd
 from sklearn import metrics as skm
 
 # %% auto #0
-__all__ = ['SEGMENTS', 'pr_auc', 'roc_auc', 'brier', 'log_loss', 'precision_recall_at_top', 'lift_at_top', 'ece',
-           'reliability_curve', 'evaluate', 'by_segment']
+__all__ = ['SEGMENTS', 'SEGMENT_MIN_BIN_ROWS', 'pr_auc', 'roc_auc', 'brier', 'log_loss', 'precision_recall_at_top', 'lift_at_top',
+           'ece', 'reliability_curve', 'evaluate', 'by_segment']
 
 # %% ../nbs/10_metrics.ipynb #57782841
 SEGMENTS = ("device", "country", "traffic_source")
@@ -101,9 +101,11 @@ def _binned(y, p, w, bins, strategy) -> pd.DataFrame:
     t["mean_predicted"], t["observed_rate"] = t.wp / t.weight, t.wy / t.weight
     return t
 
-def ece(y, p, bins: int = 15, strategy: str = "quantile", sample_weight=None) -> float:
-    "Expected calibration error: bin-weight-weighted mean of |observed rate - mean predicted| over equal-mass bins."
+def ece(y, p, bins: int = 15, strategy: str = "quantile", sample_weight=None, min_bin_rows: int | None = None) -> float:
+    """Expected calibration error: bin-weight-weighted mean of |observed rate - mean predicted| over equal-mass bins
+    (`min_bin_rows`: fewer bins when there are too few rows, so that each holds at least that many; at least one)."""
     y, p, w = _inputs(y, p, sample_weight)
+    if min_bin_rows: bins = max(1, min(bins, len(y) // min_bin_rows))
     t = _binned(y, p, w, bins, strategy)
     return float((t.weight * (t.observed_rate - t.mean_predicted).abs()).sum() / t.weight.sum())
 
@@ -139,9 +141,13 @@ def evaluate(y, p, *, ks: Iterable[float] = (0.01, 0.05, 0.1, 0.2), sample_weigh
         out[f"lift@{_pct(k)}"] = prec / base if base > 0 else math.nan
     return out
 
+SEGMENT_MIN_BIN_ROWS = 500  # segment ECE: at most 15 equal-mass bins, each of at least 500 rows (see above)
+
 def by_segment(df: pd.DataFrame, score_col: str, label_col: str = "label", segments: Iterable[str] = SEGMENTS,
-               min_support: int = 0, weight_col: str | None = None, bins: int = 15) -> pd.DataFrame:
-    "One row per (segment column, value) with at least `min_support` rows: n, positives, base rate, mean predicted, PR-AUC (nan when undefined), Brier, ECE."
+               min_support: int = 0, weight_col: str | None = None, bins: int = 15,
+               min_bin_rows: int | None = SEGMENT_MIN_BIN_ROWS) -> pd.DataFrame:
+    """One row per (segment column, value) with at least `min_support` rows: n, positives, base rate, mean predicted,
+    PR-AUC (nan when undefined), Brier, ECE (bins of at least `min_bin_rows` rows)."""
     rows = []
     for col in segments:
         for value, g in df.groupby(col, dropna=False, sort=True, observed=True):
@@ -151,6 +157,6 @@ def by_segment(df: pd.DataFrame, score_col: str, label_col: str = "label", segme
             yy, pp, ww = _inputs(y, p, w)
             rows.append({"segment": col, "value": value, "n": len(g), "positives": int(yy.sum()),
                          "base_rate": float((ww * yy).sum() / ww.sum()), "mean_predicted": float((ww * pp).sum() / ww.sum()),
-                         "pr_auc": pr_auc(yy, pp, ww), "brier": brier(yy, pp, ww), "ece": ece(yy, pp, bins, sample_weight=ww)})
+                         "pr_auc": pr_auc(yy, pp, ww), "brier": brier(yy, pp, ww), "ece": ece(yy, pp, bins, sample_weight=ww, min_bin_rows=min_bin_rows)})
     cols = ["segment", "value", "n", "positives", "base_rate", "mean_predicted", "pr_auc", "brier", "ece"]
     return pd.DataFrame(rows, columns=cols)

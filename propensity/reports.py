@@ -25,16 +25,20 @@ import pandas as pd
 from .metrics import by_segment, evaluate, reliability_curve
 
 # %% auto #0
-__all__ = ['TEMPLATES', 'SPLIT_USE', 'MEASURES', 'SCORER_NAMES', 'COMPARED', 'ReportError', 'templates_dir', 'find_run',
-           'TrainingRun', 'load_run', 'table', 'split_table', 'scorers', 'headline_table', 'topk_table', 'incumbent',
-           'comparison_table', 'gates_table', 'calibration_table', 'segment_calibration_table', 'band_threshold_table',
-           'band_stats_table', 'band_test_table', 'figure_title', 'unlabelled', 'figure_png', 'show_figure',
-           'hpo_figure', 'curves_figure', 'importance_figure', 'shap_figure', 'reliability_figure',
+__all__ = ['TEMPLATES', 'REPORT_SETS', 'SPLIT_USE', 'MEASURES', 'SCORER_NAMES', 'COMPARED', 'ReportError', 'templates_dir',
+           'find_run', 'TrainingRun', 'load_run', 'table', 'split_table', 'scorers', 'headline_table', 'topk_table',
+           'incumbent', 'comparison_table', 'gates_table', 'calibration_table', 'segment_calibration_table',
+           'band_threshold_table', 'band_stats_table', 'band_test_table', 'figure_title', 'unlabelled', 'figure_png',
+           'show_figure', 'hpo_figure', 'curves_figure', 'importance_figure', 'shap_figure', 'reliability_figure',
            'segment_reliability_figure', 'bands_figure', 'run_date_of', 'report_folders', 'index_html', 'write_index',
            'to_html', 'render_reports']
 
 # %% ../nbs/14_reports.ipynb #5138badd
-TEMPLATES = {"weekly_training": "Weekly training report", "calibration_segments": "Calibration and segments report"}
+TEMPLATES = {"weekly_training": "Weekly training report", "calibration_segments": "Calibration and segments report",
+             "calibration_drift": "Calibration drift check"}
+# which templates a kind of run renders, and the pointer file naming the latest run of that kind
+REPORT_SETS = {"weekly": (("weekly_training", "calibration_segments"), "latest_run.json"),
+               "drift": (("calibration_drift",), "latest_recalibration.json")}
 
 class ReportError(RuntimeError):
     "A report could not be rendered; the message names the notebook, the failing cell's error and where the executed notebook is."
@@ -51,11 +55,11 @@ def templates_dir(path: str | Path | None = None) -> Path:
     return d
 
 # %% ../nbs/14_reports.ipynb #233db1b8
-def find_run(data_dir: str | Path, run_dir: str | Path | None = None) -> Path:
-    "The run folder: `run_dir`, else the one `data_dir/models/latest_run.json` names."
+def find_run(data_dir: str | Path, run_dir: str | Path | None = None, pointer: str = "latest_run.json") -> Path:
+    "The run folder: `run_dir`, else the one `data_dir/models/<pointer>` names (latest_run.json: the latest training run)."
     d = Path(data_dir)
     if run_dir is None:
-        ptr = d / "models" / "latest_run.json"
+        ptr = d / "models" / pointer
         try: rec = json.loads(ptr.read_text())
         except FileNotFoundError:
             raise FileNotFoundError(f"{ptr} not found: no training run is recorded in {d}; run `propensity train --data {d}` "
@@ -448,19 +452,22 @@ def reliability_figure(df: pd.DataFrame, bins: int = 15, title: str = "Predicted
         ax.legend(fontsize=8, loc="upper left")
     return fig
 
-def segment_reliability_figure(df: pd.DataFrame, column: str, min_rows: int = 100, max_panels: int = 12, ncols: int = 4):
-    "One panel per value of `column` (largest first, at least `min_rows` rows), raw and calibrated curves in each."
+def segment_reliability_figure(df: pd.DataFrame, column: str, min_rows: int = 100, max_panels: int = 12, ncols: int = 4,
+                               curves: dict | None = None, rows_name: str = "test rows"):
+    """One panel per value of `column` (largest first, at least `min_rows` rows), raw and calibrated curves in each
+    (`curves`: other score columns and their styles, default `{"raw": ..., "score": ...}`)."""
+    curves = curves or _REL
     sizes = df[column].fillna("(missing)").value_counts()
     values = [v for v, n in sizes.items() if n >= min_rows][:max_panels]
     nrows = max(1, -(-len(values) // ncols)); nc = min(ncols, max(len(values), 1))
     fig = _new_figure(3.3 * nc, 3.3 * nrows + 0.6); axes = fig.subplots(nrows, nc, squeeze=False).ravel()
     left = [f"{v} ({n:,})" for v, n in sizes.items() if v not in values]
-    fig.suptitle(f"Calibration by {column.replace('_', ' ')}: predicted vs observed purchase rate (test rows)"
+    fig.suptitle(f"Calibration by {column.replace('_', ' ')}: predicted vs observed purchase rate ({rows_name})"
                  + (f"\nnot shown (too few rows): {', '.join(left)}" if left else ""), fontsize=11)
     for ax, v in zip(axes, values):
         g = df[df[column].fillna("(missing)") == v]
         bins = int(np.clip(len(g) // 250, 3, 10))
-        top = max(_reliability_ax(ax, g["label"], g[c], bins, **_REL[c]) for c in ("raw", "score"))
+        top = max(_reliability_ax(ax, g["label"], g[c], bins, **style) for c, style in curves.items())
         _diagonal(ax, top)
         ax.set_title(f"{v} ({len(g):,} rows, {int(g['label'].sum()):,} buyers)", fontsize=9)
         ax.set_xlabel("Predicted probability", fontsize=8); ax.set_ylabel("Observed rate", fontsize=8)
@@ -535,7 +542,7 @@ def index_html(entries: list[dict], title: str = "Propensity model reports") -> 
 th, td {{ padding: 4px 12px; border-bottom: 1px solid #ddd; text-align: left; }} th {{ background: #f4f4f4; }}</style>
 </head><body>
 <h1>{e(title)}</h1>
-<p>One row per rendered training run, newest first. PR-AUC and calibration error (ECE) are the run's test-week numbers.</p>
+<p>One row per rendered training run or drift check (folder ending in -drift), newest first. PR-AUC and calibration error (ECE) are the run's test-week numbers (for a drift check: on its checking half, after recalibration).</p>
 <table>
 <thead><tr><th>Date</th><th>Run</th><th>Model version</th><th>Gates</th><th>PR-AUC</th><th>ECE</th><th>Reports</th></tr></thead>
 <tbody>
@@ -593,21 +600,25 @@ def _execute(src: Path, dst: Path, params: dict, kernel_name: str, progress: boo
                           f"  executed notebook: {dst}\n  with code: {page}") from None
 
 def render_reports(data_dir: str | Path, run_dir: str | Path | None = None, out_root: str | Path = "reports/runs",
-                   run_date: str | date | None = None, *, templates: str | Path | None = None, kernel_name: str = "python3",
-                   progress: bool = True, timeout_s: float | None = 600) -> dict:
-    """Execute both report templates for a run (default: the latest of `data_dir`) and write their HTML to
-    `out_root/run_date/`, then rewrite `out_root/index.html`. Returns the paths: one key per report (HTML),
-    'notebooks' (the executed .ipynb per report), 'dir' and 'index'."""
+                   run_date: str | date | None = None, *, which: str = "weekly", templates: str | Path | None = None,
+                   kernel_name: str = "python3", progress: bool = True, timeout_s: float | None = 600) -> dict:
+    """Execute the report templates of `which` (weekly: the training and the calibration reports of a training run;
+    drift: the drift check of a recalibration) for a run (default: the latest of its kind in `data_dir`) and write
+    their HTML to `out_root/run_date/` (`run_date-drift/` for a drift check), then rewrite `out_root/index.html`.
+    Returns the paths: one key per report (HTML), 'notebooks' (the executed .ipynb per report), 'dir' and 'index'."""
+    if which not in REPORT_SETS: raise ValueError(f"which={which!r}: expected one of {tuple(REPORT_SETS)}")
+    names, pointer = REPORT_SETS[which]
     t0 = time.perf_counter()
     tdir = templates_dir(templates)
-    run = find_run(data_dir, run_dir).resolve()
+    run = find_run(data_dir, run_dir, pointer).resolve()
     day = _folder_name(run_date) if run_date is not None else run_date_of(run)
-    out = Path(out_root) / day; out.mkdir(parents=True, exist_ok=True)
+    out = Path(out_root) / (day if which == "weekly" else f"{day}-{which}"); out.mkdir(parents=True, exist_ok=True)
     _check_kernel(kernel_name)
     params = dict(data_dir=str(Path(data_dir).resolve()), run_dir=str(run), run_date=day)
     paths, notebooks = {}, {}
-    for i, (name, title) in enumerate(TEMPLATES.items(), 1):
-        if progress: print(f"report {i}/{len(TEMPLATES)}: {name} ({run.name})", file=sys.stderr, flush=True)
+    for i, name in enumerate(names, 1):
+        title = TEMPLATES[name]
+        if progress: print(f"report {i}/{len(names)}: {name} ({run.name})", file=sys.stderr, flush=True)
         nb = out / f"{name}.ipynb"
         _execute(tdir / f"{name}.ipynb", nb, params, kernel_name, progress, timeout_s, title)
         notebooks[name] = nb
@@ -620,6 +631,6 @@ def render_reports(data_dir: str | Path, run_dir: str | Path | None = None, out_
     (out / "report.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
     paths |= {"notebooks": notebooks, "dir": out, "index": write_index(out_root)}
     if progress:
-        print(f"reports: {len(TEMPLATES)} rendered for run {run.name} in {time.perf_counter() - t0:.1f} s -> {out} "
+        print(f"reports: {len(names)} rendered for run {run.name} in {time.perf_counter() - t0:.1f} s -> {out} "
               f"(index {paths['index']})", flush=True)
     return paths

@@ -8,6 +8,7 @@ Docs: https://propensity.github.io/propensity/train.html.md"""
 from __future__ import annotations
 
 import json
+from datetime import date
 import time
 import zlib
 from dataclasses import asdict, dataclass, field
@@ -37,10 +38,14 @@ class TrainConfig:
     early_stopping: int = 50
     seed: int = 42
     num_threads: int = 2
+    until: str | None = None          # last UTC day (YYYY-MM-DD) used; later rows are left out (monitoring, recalibration)
 
     def __post_init__(self):
         if not 0 < self.negative_keep <= 1: raise ValueError(f"negative_keep={self.negative_keep}: expected a share in (0, 1]")
         if self.n_trials < 1: raise ValueError(f"n_trials={self.n_trials}: expected at least 1")
+        if self.until is not None:
+            try: date.fromisoformat(self.until)
+            except (TypeError, ValueError): raise ValueError(f"until={self.until!r}: expected a UTC day YYYY-MM-DD") from None
 
 # %% ../nbs/12_train.ipynb #8eea5531
 DAY_MS = 86_400_000
@@ -52,11 +57,15 @@ def _ms(ts: pd.Series) -> np.ndarray:
     return (t.astype("datetime64[ns, UTC]").astype("int64") // 1_000_000).to_numpy()
 
 def time_split(df: pd.DataFrame, cfg: TrainConfig = TrainConfig(), time_col: str = "event_timestamp") -> dict:
-    "Row masks {'train', 'val', 'test'} by UTC day: the last test_days, the val_days before, the rest."
+    "Row masks {'train', 'val', 'test'} by UTC day: the last test_days, the val_days before, the rest (up to `cfg.until`)."
     day = _ms(df[time_col]) // DAY_MS
-    last = int(day.max())
+    if cfg.until is not None:
+        end = (date.fromisoformat(cfg.until) - date(1970, 1, 1)).days
+        if not (day <= end).any(): raise ValueError(f"time split: until={cfg.until!r} is before the first row's day")
+        day = np.where(day <= end, day, np.iinfo(np.int64).max)  # later rows fall in no split
+    last = int(day[day < np.iinfo(np.int64).max].max())
     test0, val0 = last - cfg.test_days + 1, last - cfg.test_days - cfg.val_days + 1
-    masks = {"train": day < val0, "val": (day >= val0) & (day < test0), "test": day >= test0}
+    masks = {"train": day < val0, "val": (day >= val0) & (day < test0), "test": (day >= test0) & (day <= last)}
     for k, m in masks.items():
         if not m.any():
             raise ValueError(f"time split: no {k} rows (data has {last - int(day.min()) + 1} days; need more than "
@@ -213,7 +222,7 @@ def train_pipeline(data_dir: str | Path, cfg: TrainConfig = TrainConfig(), *, pr
     val, test = tr[vm].reset_index(drop=True), tr[sm].reset_index(drop=True)
     half = _half(val["session_id"])
     calibrator, choice = choose_calibrator(raw_v[half], y[vm][half], raw_v[~half], y[vm][~half])
-    adjuster = SegmentAdjuster().fit(calibrator.predict(raw_v), y[vm], _segments(val))
+    adjuster = SegmentAdjuster().fit(calibrator.predict(raw_v), y[vm], _segments(val), groups=val["session_id"])
     p_t = adjuster.transform(calibrator.predict(raw_t), _segments(test))
     p_v = adjuster.transform(calibrator.predict(raw_v), _segments(val))
     clock["calibration"] = round(time.perf_counter() - t, 2); t = time.perf_counter()
