@@ -240,6 +240,13 @@ def train_pipeline(data_dir: str | Path, cfg: TrainConfig = TrainConfig(), *, pr
             o = evaluate(y[sm], pt)
             oracle = dict(pr_auc=o["pr_auc"], brier=o["brier"], pr_auc_ratio=metrics["pr_auc"] / o["pr_auc"],
                           brier_ratio=metrics["brier"] / o["brier"])
+            # p_true is the probability at the simulator's decision moment: the fair comparison is each session's
+            # last scoring moment before it (earlier moments know less than the oracle does)
+            last = pd.DataFrame({"s": test["session_id"], "y": y[sm], "p": p_t, "o": pt}).groupby("s", sort=False).tail(1)
+            ms, os_ = evaluate(last["y"], last["p"]), evaluate(last["y"], last["o"])
+            oracle["session"] = dict(n=int(len(last)), pr_auc=ms["pr_auc"], brier=ms["brier"], ece=ms["ece"],
+                                     oracle_pr_auc=os_["pr_auc"], oracle_brier=os_["brier"],
+                                     pr_auc_ratio=ms["pr_auc"] / os_["pr_auc"], brier_ratio=ms["brier"] / os_["brier"])
     econ = dict(DEFAULT_ECONOMICS, **(economics or {}))
     if "aov" not in econ:
         orders = d / "tables" / "orders.parquet"
