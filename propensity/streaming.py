@@ -25,11 +25,11 @@ from .livestream import FIELD, START, dead_letter_key, format_id, parse_id
 
 # %% auto #0
 __all__ = ['EV_KEYS', 'EV_COLUMNS', 'SESSION_FEATURES', 'SOURCE_NAME', 'SOURCE_SCHEMA', 'ONLINE_LUA', 'ROCKSDB', 'VALID_DDL',
-           'StreamConfig', 'StreamPaths', 'part_id', 'session_step', 'validate_entries', 'register_source',
+           'SCANS', 'StreamConfig', 'StreamPaths', 'part_id', 'session_step', 'validate_entries', 'register_source',
            'write_dead_letters', 'write_dead_letter_file', 'online_args', 'write_online', 'landing_files',
            'landing_lines', 'replay', 'output_ddl', 'build_query', 'offline_table', 'Sink', 'metrics_line', 'Stopper',
-           'run_stream', 'committed_offset', 'read_metrics', 'status', 'cmd_replay', 'print_status', 'cmd_stream',
-           'add_stream_args', 'register_cli']
+           'run_stream', 'committed_offset', 'read_metrics', 'status', 'reset', 'cmd_replay', 'print_status',
+           'cmd_stream', 'add_stream_args', 'register_cli']
 
 # %% ../nbs/17_streaming.ipynb #c15ad991
 @dataclass(frozen=True)
@@ -41,6 +41,7 @@ class StreamConfig:
     trigger_ms: int = 0                 # micro-batch interval; 0 = the next batch starts as soon as one ends
     max_rows_per_batch: int | None = None  # cap on stream entries per micro-batch (None: all available)
     partitions: int = 2                 # shuffle partitions = state store partitions (fixed by the checkpoint)
+    api: str = "pandas"                 # pandas: transformWithStateInPandas | rows: transformWithState (Row-based)
 
     def __post_init__(self):
         if self.source not in ("redis", "files"): raise ValueError(f"source={self.source!r}: expected 'redis' or 'files'")
@@ -53,6 +54,7 @@ class StreamConfig:
             raise ValueError(f"trigger_ms={self.trigger_ms!r}: expected whole milliseconds >= 0")
         if self.max_rows_per_batch is not None and not (isinstance(self.max_rows_per_batch, int) and self.max_rows_per_batch > 0):
             raise ValueError(f"max_rows_per_batch={self.max_rows_per_batch!r}: expected a whole number > 0 or None")
+        if self.api not in ("pandas", "rows"): raise ValueError(f"api={self.api!r}: expected 'pandas' or 'rows'")
         if not (isinstance(self.partitions, int) and self.partitions > 0):
             raise ValueError(f"partitions={self.partitions!r}: expected a whole number > 0")
 
@@ -402,10 +404,11 @@ def _pylist(col):
     "Python values with None for every kind of missing (the batch job's conversion)."
     return col.tolist() if not col.hasnans else col.astype(object).where(col.notna(), None).tolist()
 
-def _processor_class():
-    global _PROCESSOR
-    if _PROCESSOR is not None: return _PROCESSOR
+def _processor_class(api: str = "pandas"):
+    "The processor class for `transformWithStateInPandas` (`api='pandas'`) or the row-based `transformWithState` (`'rows'`)."
+    if api in _PROCESSOR: return _PROCESSOR[api]
     import pandas as pd
+    from pyspark.sql import Row
     from pyspark.sql.streaming import StatefulProcessor
 
     cols = [n for n, _ in _OUT_HEAD] + SESSION_FEATURES
@@ -418,34 +421,50 @@ def _processor_class():
             self.handle = handle
             self.state = handle.getValueState("session", "part int, blob binary, timer bigint")
 
-        def handleInputRows(self, key, rows, timerValues):
-            sid = key[0]
-            pdf = pd.concat(list(rows), ignore_index=True)
-            data = {k: _pylist(pdf[c]) for k, c in zip(EV_KEYS, EV_COLUMNS)}
-            events = [dict(zip(EV_KEYS, v)) for v in zip(*(data[k] for k in EV_KEYS))]
+        def _step(self, sid, events, arrivals) -> list[dict]:
             cur = self.state.get()
             part, st, timer = (cur[0], SessionState.from_bytes(cur[1]), cur[2]) if cur is not None else (0, None, None)
-            part, st, out = session_step(sid, part, st, events, self.gap_ms, pdf["arrival_ms"].tolist())
+            part, st, out = session_step(sid, part, st, events, self.gap_ms, arrivals)
             if st is not None:
                 new_timer = st.times[-1] + self.gap_ms
                 if new_timer != timer:
                     if timer is not None: self.handle.deleteTimer(timer)
                     self.handle.registerTimer(new_timer)
                 self.state.update((part, st.to_bytes(), new_timer))
-            if out: yield pd.DataFrame.from_records(out, columns=cols)
+            return out
 
-        def handleExpiredTimer(self, key, timerValues, expiredTimerInfo):
+        def _expire(self, sid) -> list[dict]:
             cur = self.state.get()
-            if cur is None: return
-            st = SessionState.from_bytes(cur[1])
+            if cur is None: return []
             self.state.clear()
-            yield pd.DataFrame.from_records([_row("timeout", key[0], cur[0], st, [], 0, 0)], columns=cols)
+            return [_row("timeout", sid, cur[0], SessionState.from_bytes(cur[1]), [], 0, 0)]
+
+        if api == "pandas":
+            def handleInputRows(self, key, rows, timerValues):
+                frames = list(rows)
+                pdf = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+                data = {k: _pylist(pdf[c]) for k, c in zip(EV_KEYS, EV_COLUMNS)}
+                events = [dict(zip(EV_KEYS, v)) for v in zip(*(data[k] for k in EV_KEYS))]
+                out = self._step(key[0], events, pdf["arrival_ms"].tolist())
+                if out: yield pd.DataFrame.from_records(out, columns=cols)
+
+            def handleExpiredTimer(self, key, timerValues, expiredTimerInfo):
+                out = self._expire(key[0])
+                if out: yield pd.DataFrame.from_records(out, columns=cols)
+        else:
+            def handleInputRows(self, key, rows, timerValues):
+                rs = list(rows)
+                events = [{k: r[c] for k, c in zip(EV_KEYS, EV_COLUMNS)} for r in rs]
+                for d in self._step(key[0], events, [r["arrival_ms"] for r in rs]): yield Row(**{c: d[c] for c in cols})
+
+            def handleExpiredTimer(self, key, timerValues, expiredTimerInfo):
+                for d in self._expire(key[0]): yield Row(**{c: d[c] for c in cols})
 
         def close(self): pass
 
-    _PROCESSOR = SessionProcessor
-    return _PROCESSOR
-_PROCESSOR = None
+    _PROCESSOR[api] = SessionProcessor
+    return SessionProcessor
+_PROCESSOR = {}
 
 # %% ../nbs/17_streaming.ipynb #873c9e3a
 ROCKSDB = "org.apache.spark.sql.execution.streaming.state.RocksDBStateStoreProvider"
@@ -469,10 +488,14 @@ def _validator(url: str | None, stream: str | None, folder: str | None):
     return run
 
 def build_query(spark, settings: Settings, data_dir: str | Path, cfg: StreamConfig = StreamConfig(), url: str | None = None):
-    "The streaming DataFrame of session feature rows (kind, session_id, event_timestamp, ..., features)."
+    """The streaming DataFrame of session feature rows (kind, session_id, event_timestamp, ..., features).
+    Validation is the batch job's: lines the contract's Spark fast path certainly accepts are typed in the JVM;
+    every other line goes through `EVENT.validate` (`validate_entries`), which decides and gives the reasons."""
     from pyspark.sql import functions as F
+    from propensity.contracts import EVENT, spark_fast_path
     paths = StreamPaths.of(data_dir)
     spark.conf.set("spark.sql.streaming.stateStore.providerClass", ROCKSDB)
+    spark.conf.set("spark.sql.streaming.stateStore.rocksdb.changelogCheckpointing.enabled", "true")  # commit = a small changelog
     spark.conf.set("spark.sql.shuffle.partitions", str(cfg.partitions))
     if cfg.source == "redis":
         register_source(spark)
@@ -489,20 +512,26 @@ def build_query(spark, settings: Settings, data_dir: str | Path, cfg: StreamConf
             F.concat(F.input_file_name(), F.lit(":"), F.monotonically_increasing_id().cast("string")).alias("id"),
             (F.unix_micros(F.current_timestamp()) // 1000).alias("arrival_ms"), F.col("value").cast("binary").alias("value")))
         check = _validator(None, None, str(paths.dead_letter_dir))
-    ev = (raw.mapInPandas(check, VALID_DDL)
+    fast, slow, _ = spark_fast_path(EVENT, raw.withColumn("value", F.col("value").cast("string")), persist=False)
+    valid = fast.select(*[F.col(c).cast("double").alias(c) if c == "quantity" else F.col(c)
+                          for c in (*EV_COLUMNS, "session_id", "arrival_ms")])
+    valid = valid.unionByName(slow.select(F.col("id"), F.col("arrival_ms"), F.col("value").cast("binary").alias("value"))
+                                  .mapInPandas(check, VALID_DDL))
+    ev = (valid
              .withColumn("ts", F.timestamp_millis("event_time"))
              .withWatermark("ts", f"{int(cfg.lateness_minutes * 60_000)} milliseconds")
              .dropDuplicatesWithinWatermark(["event_id"]))
-    return ev.groupBy("session_id").transformWithStateInPandas(
-        statefulProcessor=_processor_class()(cfg.gap_ms), outputStructType=output_ddl(), outputMode="Append",
-        timeMode="EventTime")
+    g = ev.groupBy("session_id")
+    tws = g.transformWithStateInPandas if cfg.api == "pandas" else g.transformWithState
+    return tws(statefulProcessor=_processor_class(cfg.api)(cfg.gap_ms), outputStructType=output_ddl(), outputMode="Append",
+               timeMode="EventTime")
 
 # %% ../nbs/17_streaming.ipynb #241b64e0
 def _quantiles(xs: list[float]) -> dict:
     if not xs: return dict(p50=None, p99=None, max=None)
     s = sorted(xs); n = len(s)
-    q = lambda p: s[min(n - 1, max(0, math.ceil(p * n) - 1))]
-    return dict(p50=q(0.5), p99=q(0.99), max=s[-1])
+    q = lambda p: round(s[min(n - 1, max(0, math.ceil(p * n) - 1))])
+    return dict(p50=q(0.5), p99=q(0.99), max=round(s[-1]))
 
 def offline_table(rows: list[dict], batch_id: int):
     "The offline rows of one micro-batch as an Arrow table (spec types, UTC `event_timestamp`)."
@@ -568,13 +597,17 @@ def _offset(x) -> str | None:
         except ValueError: return x
     return x.get("id") if isinstance(x, dict) else str(x)
 
-def metrics_line(progress: dict, notes: dict | None, rejected: int | None) -> dict:
+SCANS = 2  # the plan reads each batch's source range twice (fast-path branch + validator branch); Spark counts both
+
+def metrics_line(progress: dict, notes: dict | None, rejected: int | None, scans: int = SCANS) -> dict:
     "The metrics line of one batch from Spark's progress (a dict), the sink's notes and the dead-letter count."
     src = (progress.get("sources") or [{}])[0]
     dur = progress.get("durationMs", {}) or {}
-    return dict(batch_id=progress["batchId"], time=progress.get("timestamp"), input_rows=int(progress.get("numInputRows", 0)),
+    rows = int(progress.get("numInputRows", 0)) // scans
+    ms = int(dur.get("triggerExecution", 0) or 0)
+    return dict(batch_id=progress["batchId"], time=progress.get("timestamp"), input_rows=rows,
                 rejected=rejected, **_ops(progress),
-                batch_ms=int(dur.get("triggerExecution", 0) or 0), input_rows_per_s=progress.get("processedRowsPerSecond"),
+                batch_ms=ms, input_rows_per_s=round(rows / ms * 1000, 1) if ms else None,
                 watermark=(progress.get("eventTime") or {}).get("watermark"),
                 start_offset=_offset(src.get("startOffset")), end_offset=_offset(src.get("endOffset")),
                 **(notes or {}))
@@ -712,6 +745,14 @@ def status(data_dir: str | Path, settings: Settings | None = None, client=None, 
     return out
 
 # %% ../nbs/17_streaming.ipynb #ef1b49ad
+def reset(data_dir: str | Path) -> list[Path]:
+    "Delete what the job keeps under a data folder (checkpoint, metrics, dead-letter folder, offline stream rows); returns what was removed."
+    import shutil
+    paths = StreamPaths.of(data_dir)
+    gone = [p for p in (paths.root / "streaming", paths.offline) if p.exists()]
+    for p in gone: shutil.rmtree(p)
+    return gone
+
 def _speed(v: str):
     from propensity.cli import UsageError
     if v == "max": return None
@@ -746,8 +787,14 @@ def _config(args) -> StreamConfig:
     from propensity.cli import UsageError
     try:
         return StreamConfig(source=args.source, inactivity_minutes=args.inactivity_minutes, lateness_minutes=args.lateness_minutes,
-                            trigger_ms=args.trigger_ms, max_rows_per_batch=args.max_rows, partitions=args.partitions)
-    except ValueError as e: raise UsageError(str(e)) from None
+                            trigger_ms=args.trigger_ms, max_rows_per_batch=args.max_rows, partitions=args.partitions,
+                            api=args.api)
+    except ValueError as e:
+        msg = str(e)
+        for name in ("source", "inactivity_minutes", "lateness_minutes", "trigger_ms", "max_rows_per_batch", "partitions"):
+            flag = "--max-rows" if name == "max_rows_per_batch" else "--" + name.replace("_", "-")
+            if msg.startswith(name + "="): msg = flag + msg[len(name):]
+        raise UsageError(msg) from None
 
 def print_status(s: dict) -> None:
     print(f"committed batch {s['committed_batch']} at offset {s['committed_offset']}; stream newest "
@@ -769,6 +816,7 @@ def cmd_stream(args, settings: Settings) -> int:
         print_status(status(d, settings, r, args.last)); r.close()
         return 0
     cfg = _config(args)
+    if args.reset: reset(d)
     if args.duration is not None and not args.duration > 0:
         from propensity.cli import UsageError
         raise UsageError(f"--duration={args.duration}: expected seconds > 0")
@@ -793,6 +841,9 @@ def add_stream_args(p) -> None:
     p.add_argument("--trigger-ms", type=int, default=0, help="micro-batch interval (default 0: back to back)")
     p.add_argument("--max-rows", type=int, help="stream entries per micro-batch at most (default: all available)")
     p.add_argument("--partitions", type=int, default=2, help="state partitions (fixed once the checkpoint exists)")
+    p.add_argument("--api", choices=["pandas", "rows"], default="pandas",
+                   help="transformWithStateInPandas (default) or the row-based transformWithState (fixed once the checkpoint exists)")
+    p.add_argument("--reset", action="store_true", help="start over: delete the checkpoint, metrics, dead-letter folder and stream offline rows first")
     p.add_argument("--quiet", action="store_true", help="no per-batch lines")
 
 def register_cli(sub) -> None:

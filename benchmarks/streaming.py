@@ -1,0 +1,211 @@
+"""Streaming job benchmark: the highest event rate the job keeps up with on this machine, and event-to-online-store
+freshness at the reference's peak rate (100 events/s).
+
+  python benchmarks/streaming.py [--quick] [--master local[2]]
+
+1. capacity: a backlog of replayed landing-zone lines is drained; rate = rows / time of the micro-batches after the
+   first (warm-up) one.
+2. sustained: lines are published at a fixed rate R for a while, with the job running; the job keeps up at R if the
+   lag (newest stream entry - committed offset, in entries) does not grow over the second half of the window. Rates
+   are tried from below the capacity upwards; the highest one that keeps up is reported.
+3. freshness: lines published at 100/s; per event, the time from entering the stream (the entry id's ms) to the end
+   of the online-store write that includes it. p50 / p99 over the events of the window (warm-up batches excluded).
+
+Prints each figure next to its target; the last line is `RESULT {json}`. Not a pass/fail test.
+"""
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+
+from propensity.config import Settings
+from propensity.livestream import last_id, parse_id, publish
+from propensity.onlinestore import EmbeddedValkey, redis_client
+from propensity.streaming import StreamConfig, StreamPaths, Stopper, landing_lines, read_metrics, run_stream
+
+TARGET_RATE = 10_000      # events/s sustained (100 x the reference's peak)
+TARGET_P99_MS = 3_000     # freshness p99 at 100 events/s
+REFERENCE_PEAK = 100
+
+
+def pct(xs, p):
+    s = sorted(xs)
+    return s[min(len(s) - 1, max(0, int(round(p * len(s) + 0.5)) - 1))] if s else None
+
+
+def lines_of(world: Path, n: int) -> list[bytes]:
+    out = [l for _, l in landing_lines(world, limit=n)]
+    while len(out) < n:  # a longer run than the world: repeat it (duplicate event ids are dropped and counted)
+        out += out[: n - len(out)]
+    return out
+
+
+class Job:
+    "The streaming job in a thread of this process (one JVM for all runs)."
+    def __init__(self, spark, settings, data_dir, cfg):
+        self.stopper = Stopper()
+        self.out = None
+        self.t = threading.Thread(target=self._run, args=(spark, settings, data_dir, cfg), daemon=True)
+        self.t.start()
+
+    def _run(self, spark, settings, data_dir, cfg):
+        self.out = run_stream(data_dir, settings, cfg, spark=spark, progress=False, stopper=self.stopper)
+
+    def stop(self):
+        self.stopper.requested = "benchmark"
+        self.t.join(300)
+        return self.out
+
+
+def committed(metrics_path: Path):
+    ms = read_metrics(metrics_path)
+    return ms
+
+
+def wait_batches(path: Path, n: int, timeout: float):
+    t = time.monotonic()
+    while time.monotonic() - t < timeout:
+        if len(read_metrics(path)) >= n: return True
+        time.sleep(0.2)
+    return False
+
+
+def publisher(r, stream, lines, rate, seconds, stop):
+    "Publish `rate` lines/s in 10 chunks a second for `seconds`."
+    t0 = time.perf_counter(); i = 0; k = 0
+    step = max(1, rate // 10)
+    while not stop.is_set() and time.perf_counter() - t0 < seconds:
+        due = t0 + k / 10
+        if due > time.perf_counter(): time.sleep(due - time.perf_counter())
+        chunk = [lines[(i + j) % len(lines)] for j in range(step)]
+        publish(r, chunk, stream, batch=5000); i += step; k += 1
+    return i
+
+
+def lag_entries(r, stream, metrics_path):
+    ms = read_metrics(metrics_path)
+    off = ms[-1]["end_offset"] if ms else None
+    after = off or "0-0"
+    return len(r.xrange(stream, min=f"({after}", max="+", count=10_000_000)), off
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="smaller backlog and shorter windows (a few minutes)")
+    ap.add_argument("--master", default="local[2]")
+    args = ap.parse_args()
+    quick = args.quick
+    backlog = 30_000 if quick else 120_000
+    sustain_s = 40 if quick else 90
+    fresh_s = 40 if quick else 120
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench_stream_"))
+    from propensity.simulate import simulate
+    t = time.perf_counter()
+    simulate("small", 1 if quick else 3, 42, tmp / "world", progress=False)
+    print(f"world: small profile, {1 if quick else 3} day(s), in {time.perf_counter() - t:.1f}s", flush=True)
+    lines = lines_of(tmp / "world", backlog)
+
+    server = None
+    url = os.environ.get("REDIS_URL")
+    if not url:
+        server = EmbeddedValkey(tmp / "valkey").start(); url = server.url
+    r = redis_client(url)
+    from propensity.batch import spark_session
+    base = Settings.from_env({"REDIS_URL": url, "SPARK_MASTER": args.master})
+    spark = spark_session(base, "bench-stream", **{"spark.sql.shuffle.partitions": "2", "spark.ui.showConsoleProgress": "false"})
+    result = dict(master=args.master, quick=quick, cores=os.cpu_count())
+
+    def settings(name):
+        return Settings.from_env({"REDIS_URL": url, "SPARK_MASTER": args.master, "PROPENSITY_STREAM": f"bench:{name}",
+                                  "PROPENSITY_FEAST_PROJECT": f"bench_{name}"})
+
+    # 1. capacity: drain a backlog --------------------------------------------------------------------------
+    s = settings("capacity"); d = tmp / "capacity"; d.mkdir()
+    publish(r, lines, s.stream_key, batch=5000)
+    cfg = StreamConfig(lateness_minutes=10, max_rows_per_batch=10_000 if quick else 20_000)
+    t = time.perf_counter()
+    out = run_stream(d, s, cfg, until_idle=True, spark=spark, progress=False)
+    ms = [m for m in read_metrics(StreamPaths.of(d).metrics) if m["input_rows"]]
+    warm = ms[1:] or ms
+    rows, secs = sum(m["input_rows"] for m in warm), sum(m["batch_ms"] for m in warm) / 1000
+    capacity = rows / secs if secs else 0.0
+    result["capacity_events_per_s"] = round(capacity)
+    result["capacity_batches"] = len(ms)
+    result["capacity_batch_ms_median"] = sorted(m["batch_ms"] for m in warm)[len(warm) // 2] if warm else None
+    print(f"capacity (backlog of {len(lines):,} lines, {len(ms)} batches of <= {cfg.max_rows_per_batch:,}): "
+          f"{capacity:,.0f} events/s after warm-up (wall {time.perf_counter() - t:.0f}s incl. start)", flush=True)
+
+    # 2. sustained: publish at fixed rates, check the lag does not grow ----------------------------------------
+    tried = []
+    rates = sorted({max(100, int(capacity * f) // 100 * 100) for f in ((0.5, 0.8) if quick else (0.5, 0.7, 0.85, 1.0))})
+    best = 0
+    for rate in rates:
+        s = settings(f"sustain{rate}"); d = tmp / f"sustain{rate}"; d.mkdir()
+        job = Job(spark, s, d, StreamConfig(lateness_minutes=10))
+        wait_batches(StreamPaths.of(d).metrics, 1, 120)  # the query is up (a first empty batch ran)
+        stop = threading.Event(); samples = []
+        pub = threading.Thread(target=publisher, args=(r, s.stream_key, lines, rate, sustain_s, stop), daemon=True)
+        t0 = time.perf_counter(); pub.start()
+        while pub.is_alive():
+            time.sleep(2)
+            samples.append((time.perf_counter() - t0, lag_entries(r, s.stream_key, StreamPaths.of(d).metrics)[0]))
+        job.stop()
+        half = [l for x, l in samples if x >= sustain_s / 2]
+        grew = len(half) >= 2 and (half[-1] - half[0]) > rate * 2  # more than 2 s of input piled up over the half
+        kept = not grew
+        tried.append(dict(rate=rate, kept_up=kept, lag_first_half_end=half[0] if half else None,
+                          lag_end=half[-1] if half else None))
+        print(f"sustained {rate:,} events/s for {sustain_s}s: lag {half[0] if half else '?'} -> "
+              f"{half[-1] if half else '?'} entries over the 2nd half: {'kept up' if kept else 'fell behind'}", flush=True)
+        if kept: best = max(best, rate)
+        else: break
+    result["sustained_events_per_s"] = best
+    result["sustained_tried"] = tried
+
+    # 3. freshness at 100 events/s ---------------------------------------------------------------------------
+    s = settings("fresh"); d = tmp / "fresh"; d.mkdir()
+    job = Job(spark, s, d, StreamConfig(lateness_minutes=10))
+    wait_batches(StreamPaths.of(d).metrics, 1, 120)
+    n0 = len(read_metrics(StreamPaths.of(d).metrics))
+    stop = threading.Event()
+    publisher(r, s.stream_key, lines, REFERENCE_PEAK, fresh_s, stop)
+    time.sleep(5)
+    job.stop()
+    ms = read_metrics(StreamPaths.of(d).metrics)[n0:]
+    ms = [m for m in ms if m.get("freshness_sample_ms")]
+    ms = ms[1:] if len(ms) > 3 else ms  # the first batch with data warms up the Python workers
+    fresh = [x for m in ms for x in m["freshness_sample_ms"]]
+    result["freshness_events"] = len(fresh)
+    result["freshness_p50_ms"] = pct(fresh, 0.5)
+    result["freshness_p99_ms"] = pct(fresh, 0.99)
+    result["freshness_batch_ms_median"] = sorted(m["batch_ms"] for m in ms)[len(ms) // 2] if ms else None
+    print(f"freshness at {REFERENCE_PEAK} events/s for {fresh_s}s: p50 {result['freshness_p50_ms']} ms, "
+          f"p99 {result['freshness_p99_ms']} ms over {len(fresh):,} events "
+          f"(median batch {result['freshness_batch_ms_median']} ms)", flush=True)
+
+    print()
+    print(f"{'figure':<40}{'measured':>16}{'target':>16}")
+    print(f"{'sustained rate, events/s (local[2])':<40}{best:>16,}{'>= ' + format(TARGET_RATE, ','):>16}")
+    print(f"{'capacity (backlog drain), events/s':<40}{result['capacity_events_per_s']:>16,}{'':>16}")
+    print(f"{'freshness p50 @100 ev/s, ms':<40}{str(result['freshness_p50_ms']):>16}{'':>16}")
+    print(f"{'freshness p99 @100 ev/s, ms':<40}{str(result['freshness_p99_ms']):>16}{'< ' + format(TARGET_P99_MS, ','):>16}")
+    result["target_rate"] = TARGET_RATE; result["target_p99_ms"] = TARGET_P99_MS
+    result["rate_target_met"] = best >= TARGET_RATE
+    result["p99_target_met"] = result["freshness_p99_ms"] is not None and result["freshness_p99_ms"] < TARGET_P99_MS
+    spark.stop(); r.close()
+    if server: server.stop()
+    shutil.rmtree(tmp, ignore_errors=True)
+    print("RESULT " + json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
