@@ -8,6 +8,7 @@ Docs: https://propensity.github.io/propensity/serving.html.md"""
 from __future__ import annotations
 
 import asyncio
+import gc
 import hmac
 import logging
 import os
@@ -29,8 +30,8 @@ from .config import ConfigError, Settings
 # %% auto #0
 __all__ = ['DEV_KEY', 'ROUTES', 'log', 'ServingConfig', 'key_ok', 'ScoreRequest', 'BatchRequest', 'Action', 'Contribution',
            'ScoreResponse', 'BatchResponse', 'EventsRequest', 'Rejected', 'EventsResponse', 'validation_errors',
-           'split_events', 'collect', 'Metrics', 'RemoteModel', 'score_many', 'create_app', 'load_model_dir',
-           'sagemaker_app', 'cmd_serve', 'register_cli', 'run_demo']
+           'split_events', 'collect', 'collector_pool', 'Metrics', 'RemoteModel', 'score_many', 'create_app',
+           'load_model_dir', 'sagemaker_app', 'cmd_serve', 'register_cli', 'run_demo']
 
 # %% ../nbs/19_serving.ipynb #bc7555ae
 DEV_KEY = "demo-key"  # ONLY for `propensity serve --demo` on loopback; never accepted otherwise
@@ -48,7 +49,7 @@ class ServingConfig:
     api_keys: tuple[str, ...] = ()
     policy: Path | None = None
     model_endpoint: str | None = None
-    redis_timeout_ms: float = 25.0
+    redis_timeout_ms: float = 50.0
     reload_s: float = 1.0
     endpoint_timeout_ms: float = 200.0
     max_batch: int = 100
@@ -64,7 +65,7 @@ class ServingConfig:
             raise ConfigError(f"PROPENSITY_MODEL_ENDPOINT={ep!r}: expected an http:// or https:// URL")
         pol = env.get("PROPENSITY_POLICY")
         kw = dict(api_keys=keys, policy=Path(pol) if pol else None, model_endpoint=ep,
-                  redis_timeout_ms=_ms("PROPENSITY_REDIS_TIMEOUT_MS", env.get("PROPENSITY_REDIS_TIMEOUT_MS", "25")),
+                  redis_timeout_ms=_ms("PROPENSITY_REDIS_TIMEOUT_MS", env.get("PROPENSITY_REDIS_TIMEOUT_MS", "50")),
                   reload_s=_ms("PROPENSITY_RELOAD_S", env.get("PROPENSITY_RELOAD_S", "1")))
         return cls(**{**kw, **over})
 
@@ -174,6 +175,31 @@ def collect(client, events: list[dict], stream: str) -> dict:
                     dead_letter_key(stream))
     return {"accepted": len(ok), "rejected": [{"index": i, "reason": r} for i, r in bad], "stream": stream}
 
+# %% ../nbs/19_serving.ipynb #2e076302
+_worker_redis = None
+
+def _orphan_watch(parent: int):
+    "End this worker when the service process is gone (a killed service must not leave it behind)."
+    while os.getppid() == parent: time.sleep(0.5)
+    os._exit(0)
+
+def _worker_init(url: str):
+    global _worker_redis
+    import threading
+    from propensity.onlinestore import redis_client
+    threading.Thread(target=_orphan_watch, args=(os.getppid(),), daemon=True).start()
+    _worker_redis = redis_client(url, socket_timeout=2.0, check=False)
+    split_events([])  # import pandas and the contract now, not on the first batch
+
+def _worker_collect(events: list[dict], stream: str) -> dict:
+    return collect(_worker_redis, events, stream)
+
+def collector_pool(url: str):
+    "A one-process pool that runs `collect` (spawned: no threads or sockets are inherited)."
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+    return ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"), initializer=_worker_init, initargs=(url,))
+
 # %% ../nbs/19_serving.ipynb #760db32d
 _BUCKETS = (0.0002, 0.0005, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 ROUTES = ("/v1/score", "/v1/score/batch", "/v1/events", "/healthz", "/readyz", "/metrics")
@@ -257,7 +283,7 @@ class _State:
     cfg: ServingConfig
     scorer: Any = None
     redis: Any = None
-    sync_redis: Any = None
+    pool: Any = None
     remote: RemoteModel | None = None
     metrics: Metrics = field(default_factory=Metrics)
     url: str | None = None
@@ -316,24 +342,26 @@ def create_app(settings: Settings, registry_dir, cfg: ServingConfig | None = Non
     if policy is None and (_HERE.parent / "serving" / "policy.toml").exists(): policy = _HERE.parent / "serving" / "policy.toml"
     models = model_source(registry_dir, cfg.reload_s)   # fails here, at start, if nothing is promoted
     policies = policy_source(policy, cfg.reload_s)
-    st = _State(settings, cfg, Scorer(settings.feast_project, models, policies, CircuitBreaker(3, 1.0)))
+    st = _State(settings, cfg, Scorer(settings.feast_project, models, policies, CircuitBreaker(5, 0.5)))
 
     @asynccontextmanager
     async def lifespan(app):
         import redis.asyncio as aredis
-        from propensity.onlinestore import ensure_online_store, redis_client
+        from propensity.onlinestore import ensure_online_store
         st.url = redis_url or settings.redis_url or ensure_online_store(settings)
         t = cfg.redis_timeout_ms / 1000
         st.redis = aredis.Redis.from_url(st.url, socket_timeout=t, socket_connect_timeout=t, decode_responses=False)
-        st.sync_redis = redis_client(st.url, socket_timeout=2.0, check=False)
+        st.pool = collector_pool(st.url)
+        await asyncio.get_running_loop().run_in_executor(st.pool, split_events, [])  # the worker is up before traffic
         if cfg.model_endpoint: st.remote = RemoteModel(cfg.model_endpoint, cfg.endpoint_timeout_ms)
         models.start(); policies.start()
+        gc.collect(); gc.freeze()  # the loaded model and libraries leave the collector's generations: shorter GC pauses
         log.info("serving model %s, policy %s, online store %s", models.current.version, policies.current.source,
                  "remote endpoint" if st.remote else "in process")
         try: yield
         finally:
             models.stop(); policies.stop()
-            await st.redis.aclose(); st.sync_redis.close()
+            await st.redis.aclose(); st.pool.shutdown(wait=True, cancel_futures=True)
             if st.remote: await st.remote.close()
 
     app = FastAPI(title="propensity scoring service", version="1", lifespan=lifespan, default_response_class=Response,
@@ -365,12 +393,14 @@ def create_app(settings: Settings, registry_dir, cfg: ServingConfig | None = Non
 
     @app.post("/v1/events", response_model=EventsResponse, dependencies=[Depends(auth)], summary="Collect clickstream events")
     async def events(req: EventsRequest):
-        from starlette.concurrency import run_in_threadpool
         import redis
-        try: r = await run_in_threadpool(collect, st.sync_redis, req.events, settings.stream_key)
-        except (redis.RedisError, OSError) as e:  # the stream is down: the sender keeps the batch and retries
-            st.metrics.errors.labels("collector_" + _reason(e)).inc()
-            return _json({"detail": "the event stream is unavailable; retry later", "reason": _reason(e)}, 503)
+        from concurrent.futures.process import BrokenProcessPool
+        try: r = await asyncio.get_running_loop().run_in_executor(st.pool, _worker_collect, req.events, settings.stream_key)
+        except (redis.RedisError, OSError, BrokenProcessPool) as e:  # the stream is down: the sender keeps the batch and retries
+            reason = "collector_unavailable" if isinstance(e, BrokenProcessPool) else _reason(e)
+            if isinstance(e, BrokenProcessPool): st.pool = collector_pool(st.url)
+            st.metrics.errors.labels("collector_" + reason).inc()
+            return _json({"detail": "the event stream is unavailable; retry later", "reason": reason}, 503)
         st.metrics.events.labels("accepted").inc(r["accepted"]); st.metrics.events.labels("rejected").inc(len(r["rejected"]))
         return _json(r)
 

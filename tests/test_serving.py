@@ -111,13 +111,15 @@ class Service:
         self.port = _free_port()
         e = {**os.environ, "REDIS_URL": world["url"], "PROPENSITY_FEAST_PROJECT": PROJECT, "PROPENSITY_API_KEYS": KEY,
              "PROPENSITY_STREAM": world["settings"].stream_key, "PROPENSITY_RELOAD_S": "0.2", **env}
-        self.proc = subprocess.Popen([str(BIN / "propensity"), "serve", "--data", str(world["d"]), "--port", str(self.port)],
-                                     env=e, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.log = world["d"].parent / f"serve-{self.port}.log"
+        with open(self.log, "w") as out:  # a file, not a pipe: nothing can block on a full pipe or wait for its end
+            self.proc = subprocess.Popen([str(BIN / "propensity"), "serve", "--data", str(world["d"]), "--port", str(self.port)],
+                                         env=e, stdout=out, stderr=subprocess.STDOUT, text=True)
         self.base = f"http://127.0.0.1:{self.port}"
         self.client = httpx.Client(base_url=self.base, headers={"X-API-Key": KEY}, timeout=10)
         deadline = time.monotonic() + 60
         while True:
-            if self.proc.poll() is not None: raise RuntimeError(f"serve exited: {self.proc.stdout.read()}")
+            if self.proc.poll() is not None: raise RuntimeError(f"serve exited: {self.log.read_text()[-3000:]}")
             try:
                 if self.client.get("/healthz").status_code == 200: break
             except httpx.TransportError: pass
@@ -127,9 +129,9 @@ class Service:
     def stop(self):
         self.client.close()
         self.proc.terminate()
-        try: self.proc.wait(10)
+        try: self.proc.wait(15)
         except subprocess.TimeoutExpired: self.proc.kill(); self.proc.wait()
-        return self.proc.stdout.read()
+        return self.log.read_text()
 
 
 @pytest.fixture(scope="module")
@@ -307,10 +309,10 @@ def test_online_store_outage_gives_degraded_answers_then_recovers(world, service
     assert 'propensity_degraded_total{reason="online_store_circuit_open"}' in m
 
 
-def test_schemathesis_finds_no_server_error(service):
+def test_schemathesis_finds_no_server_error(service, tmp_path):
     r = subprocess.run([str(BIN / "schemathesis"), "run", f"{service.base}/openapi.json", "--checks", "not_a_server_error",
                         "--max-examples", "15", "--seed", "7", "-H", f"X-API-Key: {KEY}", "--no-color"],
-                       capture_output=True, text=True, timeout=240)
+                       capture_output=True, text=True, timeout=240, cwd=tmp_path)   # its .schemathesis/ cache stays out of the repo
     assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-2000:]
     assert "Tested: 6" in r.stdout and "No issues found" in r.stdout   # all six operations, hundreds of generated cases
     assert int(re.search(r"(\d+) generated", r.stdout).group(1)) > 100
@@ -322,7 +324,9 @@ def test_sagemaker_serve_is_the_remote_endpoint_of_the_scoring_api(world, tmp_pa
     shutil.copytree(world["d"] / "registry", root / "model")   # what SageMaker unpacks from model.tar.gz
     port = _free_port()
     env = {**os.environ, "PROPENSITY_SM_ROOT": str(root), "SAGEMAKER_BIND_TO_PORT": str(port), "PROPENSITY_SM_HOST": "127.0.0.1"}
-    proc = subprocess.Popen([sys.executable, str(SERVE)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = tmp_path / "sm.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, str(SERVE)], env=env, stdout=out, stderr=subprocess.STDOUT, text=True)
     ep = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -330,7 +334,7 @@ def test_sagemaker_serve_is_the_remote_endpoint_of_the_scoring_api(world, tmp_pa
             try:
                 if httpx.get(ep + "/ping").status_code == 200: break
             except httpx.TransportError: pass
-            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.poll() is not None else "no /ping"
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
             time.sleep(0.1)
         assert os.access(SERVE, os.X_OK) and httpx.get(ep + "/ping").json()["model_version"] == "v0001"
         mb = ModelBundle.load(world["d"] / "registry")
