@@ -287,6 +287,7 @@ class _State:
     remote: RemoteModel | None = None
     metrics: Metrics = field(default_factory=Metrics)
     url: str | None = None
+    shown_version: str | None = None
 
 async def _fetch(st: _State, cmds: list) -> list:
     "All HMGETs of `cmds` (None entries skipped) in one pipelined round trip; replies in `cmds` order."
@@ -422,7 +423,9 @@ def create_app(settings: Settings, registry_dir, cfg: ServingConfig | None = Non
 
     @app.get("/metrics", summary="Prometheus metrics")
     async def metrics():
-        st.metrics.model.clear(); st.metrics.model.labels(models.current.version).set(1)
+        v = models.current.version
+        if st.shown_version not in (None, v): st.metrics.model.remove(st.shown_version)
+        st.metrics.model.labels(v).set(1); st.shown_version = v
         st.metrics.reloads.set(models.reloads)
         return Response(st.metrics.text(), media_type="text/plain; version=0.0.4")
 
@@ -466,11 +469,13 @@ def _uvicorn_config(app, host: str, port: int):
                           log_level="warning", lifespan="on")
 
 def cmd_serve(args, settings: Settings) -> int:
-    from propensity.cli import UsageError
+    from propensity.cli import PipelineStop, UsageError
     data = Path(args.data) if args.data else settings.data_dir / "world"
     reg = data / "registry"
     if not (reg / "promoted.json").exists():
-        raise UsageError(f"{reg}: no promoted model; run `propensity train --data {data}` (or `propensity promote`) first")
+        msg = f"{reg}: no promoted model; run `propensity train --data {data}` (or `propensity promote`) first"
+        if args.demo: raise PipelineStop(msg)  # exit 3, like a training run whose candidate failed its gates
+        raise UsageError(msg)
     over = {"policy": Path(args.policy)} if args.policy else {}
     if args.demo:
         from propensity.scorer import PolicyError
@@ -498,18 +503,21 @@ def register_cli(sub):
     s.set_defaults(fn=cmd_serve)
 
 # %% ../nbs/19_serving.ipynb #0c807fb4
-def _landing_events(data: Path, limit: int = 200_000) -> list[dict]:
-    "The events of the newest landing-zone day, as parsed JSON objects (unparseable lines are skipped)."
+def _landing_events(data: Path, limit: int = 100_000) -> list[dict]:
+    "Up to `limit` of the newest landing-zone records (JSON objects; unparseable lines skipped), in arrival order."
     days = sorted((data / "events").glob("dt=*"))
     if not days: raise FileNotFoundError(f"{data}/events: no landing-zone days")
     out = []
-    for f in sorted(days[-1].glob("*.jsonl")):
-        for line in f.read_bytes().splitlines():
-            try: e = orjson.loads(line)
-            except orjson.JSONDecodeError: continue
-            if isinstance(e, dict): out.append(e)
-            if len(out) >= limit: return out
-    return out
+    for day in reversed(days):  # the newest folder may hold only a few late arrivals: take days until `limit`
+        recs = []
+        for f in sorted(day.glob("*.jsonl")):
+            for line in f.read_bytes().splitlines():
+                try: e = orjson.loads(line)
+                except orjson.JSONDecodeError: continue
+                if isinstance(e, dict): recs.append(e)
+        out = recs + out
+        if len(out) >= limit: break
+    return out[-limit:]
 
 def run_demo(data: Path, settings: Settings, seconds: float = 20.0, port: int | None = None, policy: Path | None = None) -> int:
     "Start the service, replay live traffic through the collector, print scored sessions."
@@ -519,7 +527,7 @@ def run_demo(data: Path, settings: Settings, seconds: float = 20.0, port: int | 
     from rich.console import Console
     from rich.table import Table
     from propensity.onlinestore import _free_port
-    con = Console(highlight=False)
+    con = Console(highlight=False, width=max(Console().width, 150))
     con.print("[yellow]demo: API key 'demo-key' (a development key, accepted only by this demo on 127.0.0.1)[/yellow]")
     cfg = ServingConfig(api_keys=(DEV_KEY,), policy=policy)
     app = create_app(settings, data / "registry", cfg)
@@ -534,7 +542,7 @@ def run_demo(data: Path, settings: Settings, seconds: float = 20.0, port: int | 
             except httpx.TransportError: time.sleep(0.05)
         ready = c.get("/readyz").json()
         con.print(f"service at {base}: model {ready['model_version']}, online store {ready['online_store']}, policy {ready['policy']}")
-        events = _landing_events(data)
+        events = _landing_events(data, limit=int(seconds * 1500))  # about what the collector takes in `seconds` here: the newest
         t0, sent, accepted, rejected, last = time.monotonic(), 0, 0, 0, {}
         while sent < len(events) and time.monotonic() - t0 < seconds:
             batch = events[sent:sent + 100]
@@ -554,7 +562,7 @@ def run_demo(data: Path, settings: Settings, seconds: float = 20.0, port: int | 
         el = time.monotonic() - t0
         con.print(f"replayed {sent:,} landing records in {el:.1f}s through POST /v1/events: {accepted:,} accepted into "
                   f"stream {settings.stream_key!r}, {rejected:,} rejected (dead-letter stream with reasons)")
-        sessions = sorted((s for s in last.items() if s[1].get("anonymous_id")), key=lambda kv: -kv[1]["n"])[:400]
+        sessions = sorted((s for s in last.items() if s[1].get("anonymous_id") and s[1].get("t")), key=lambda kv: -kv[1]["t"])[:400]
         reqs = [{"session_id": sid, "anonymous_id": s["anonymous_id"], "user_id": s.get("user_id"), "product_id": s.get("product_id"),
                  "device": s.get("device"), "country": s.get("country"), "traffic_source": s.get("traffic_source"),
                  "at_ms": s["t"] + 1000} for sid, s in sessions]
