@@ -4,7 +4,7 @@ freshness at the reference's peak rate (100 events/s).
   python benchmarks/streaming.py [--quick] [--master local[2]]
 
 1. capacity: a backlog of replayed landing-zone lines is drained; rate = rows / time of the micro-batches after the
-   first (warm-up) one.
+   first (warm-up) one. Micro-batches hold at most BATCH_ROWS entries (also in 2.).
 2. sustained: lines are published at a fixed rate R for a while, with the job running; the job keeps up at R if the
    lag (newest stream entry - committed offset, in entries) does not grow over the second half of the window. Rates
    are tried from below the capacity upwards; the highest one that keeps up is reported.
@@ -34,6 +34,7 @@ from propensity.streaming import StreamConfig, StreamPaths, Stopper, landing_lin
 TARGET_RATE = 10_000      # events/s sustained (100 x the reference's peak)
 TARGET_P99_MS = 3_000     # freshness p99 at 100 events/s
 REFERENCE_PEAK = 100
+BATCH_ROWS = 5_000        # entries per micro-batch at most: measured faster per event than 10k or 20k on local[2]
 
 
 def pct(xs, p):
@@ -131,7 +132,7 @@ def main():
     # 1. capacity: drain a backlog --------------------------------------------------------------------------
     s = settings("capacity"); d = tmp / "capacity"; d.mkdir()
     publish(r, lines, s.stream_key, batch=5000)
-    cfg = StreamConfig(lateness_minutes=10, max_rows_per_batch=10_000 if quick else 20_000)
+    cfg = StreamConfig(lateness_minutes=10, max_rows_per_batch=BATCH_ROWS)
     t = time.perf_counter()
     out = run_stream(d, s, cfg, until_idle=True, spark=spark, progress=False)
     ms = [m for m in read_metrics(StreamPaths.of(d).metrics) if m["input_rows"]]
@@ -146,11 +147,11 @@ def main():
 
     # 2. sustained: publish at fixed rates, check the lag does not grow ----------------------------------------
     tried = []
-    rates = sorted({max(100, int(capacity * f) // 100 * 100) for f in ((0.5, 0.8) if quick else (0.5, 0.7, 0.85, 1.0))})
+    rates = sorted({max(100, int(capacity * f) // 100 * 100) for f in ((0.5, 0.9) if quick else (0.5, 0.75, 1.0, 1.25))})
     best = 0
     for rate in rates:
         s = settings(f"sustain{rate}"); d = tmp / f"sustain{rate}"; d.mkdir()
-        job = Job(spark, s, d, StreamConfig(lateness_minutes=10))
+        job = Job(spark, s, d, StreamConfig(lateness_minutes=10, max_rows_per_batch=BATCH_ROWS))
         wait_batches(StreamPaths.of(d).metrics, 1, 120)  # the query is up (a first empty batch ran)
         stop = threading.Event(); samples = []
         pub = threading.Thread(target=publisher, args=(r, s.stream_key, lines, rate, sustain_s, stop), daemon=True)

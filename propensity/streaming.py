@@ -509,8 +509,8 @@ def build_query(spark, settings: Settings, data_dir: str | Path, cfg: StreamConf
         r = spark.readStream.format("text").option("pathGlobFilter", "*.jsonl").option("recursiveFileLookup", "true")
         if cfg.max_rows_per_batch: r = r.option("maxFilesPerTrigger", str(max(1, cfg.max_rows_per_batch // 5000)))
         raw = (r.load(str(landing)).select(
-            F.concat(F.input_file_name(), F.lit(":"), F.monotonically_increasing_id().cast("string")).alias("id"),
-            (F.unix_micros(F.current_timestamp()) // 1000).alias("arrival_ms"), F.col("value").cast("binary").alias("value")))
+            F.concat(F.input_file_name(), F.lit("#"), F.xxhash64("value").cast("string")).alias("id"),
+            F.unix_millis(F.current_timestamp()).alias("arrival_ms"), F.col("value").cast("binary").alias("value")))
         check = _validator(None, None, str(paths.dead_letter_dir))
     fast, slow, _ = spark_fast_path(EVENT, raw.withColumn("value", F.col("value").cast("string")), persist=False)
     valid = fast.select(*[F.col(c).cast("double").alias(c) if c == "quantity" else F.col(c)

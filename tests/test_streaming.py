@@ -214,3 +214,25 @@ def test_bounded_state_and_crash_restart(world, tmp_path, redis_url, redis_clien
     assert crows[key].sort_values(key).reset_index(drop=True).equals(rows[key].sort_values(key).reset_index(drop=True))
     st = status(crash_dir, cr, redis_client)
     assert st["lag_entries"] == 0 and st["committed_offset"] == st["stream_last_id"]
+
+
+def test_file_source(world, tmp_path, redis_url, redis_client, spark):
+    "The landing folder as the source: same features as the batch fold, malformed lines in the dead-letter folder."
+    import shutil
+    files = sorted((world / "events").glob("dt=*/part-*.jsonl"))[:3]
+    for f in files:
+        (tmp_path / "events" / f.parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(f, tmp_path / "events" / f.parent.name / f.name)
+    lines = [l.rstrip(b"\n") for f in files for l in f.read_bytes().splitlines() if l.strip()]
+    s = settings_for(redis_url, tmp_path, "files")
+    out = run_stream(tmp_path, s, StreamConfig(source="files", lateness_minutes=600), until_idle=True, spark=spark, progress=False)
+    assert out["input_rows"] == len(lines) and out["late_dropped"] == 0
+    dead = [json.loads(l) for f in StreamPaths.of(tmp_path).dead_letter_dir.glob("*.jsonl") for l in f.read_text().splitlines()]
+    bad = malformed_ids(world)
+    injected = [l for l in lines if any(m.encode() in l for m in bad)]
+    assert len(dead) == out["rejected"] == len(injected)
+    assert sorted(d["record"].encode() for d in dead) == sorted(injected) and all(d["reason"] for d in dead)
+    expected = batch_fold(world, lines)
+    got = online_raw(redis_client, s.feast_project, sorted(expected))
+    for sid, exp in expected.items():
+        same(got[sid], {f.name: exp[f.name] for f in FEATS})
