@@ -240,7 +240,14 @@ def main():
         try:
             import uvloop
             print(f"HTTP: open-loop {a.rate:.0f} requests/s for {seconds:.0f} s against http://127.0.0.1:{port}/v1/score ...", flush=True)
+            import psutil
+            ps = psutil.Process(proc.pid)
+            cpu0 = ps.cpu_times(); me0 = psutil.Process().cpu_times()
             C = uvloop.run(open_loop(port, reqs, a.rate, seconds))
+            cpu1 = ps.cpu_times(); me1 = psutil.Process().cpu_times()
+            # CPU the service spent per request (user + system): independent of how busy the machine is
+            C["service_cpu_us_per_request"] = round(((cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)) / C["sent"] * 1e6, 1)
+            C["generator_cpu_us_per_request"] = round(((me1.user + me1.system) - (me0.user + me0.system)) / C["sent"] * 1e6, 1)
         finally:
             proc.terminate(); proc.wait(10)
 
@@ -249,6 +256,8 @@ def main():
                         ("(b) this scorer in process (one HMGET round trip + fast path)", B),
                         (f"(c) HTTP end to end, open loop {a.rate:.0f}/s for {seconds:.0f}s", C)):
             print(f"{name[:58]:<58} {s['n']:>7} {s['p50_ms']:>8.3f} {s['p90_ms']:>8.3f} {s['p99_ms']:>8.3f} {s['max_ms']:>8.2f}")
+        print(f"  (c) CPU per request: service {C['service_cpu_us_per_request']:.0f} us (at {a.rate:.0f}/s: "
+              f"{C['service_cpu_us_per_request'] * a.rate / 1e4:.0f}% of one core), load generator {C['generator_cpu_us_per_request']:.0f} us")
         F, M, BO = summary(t_fetch), summary(t_model), summary(t_booster)
         print(f"  (b) parts: round trip + decode p50 {F['p50_ms']:.3f} / p99 {F['p99_ms']:.3f} ms; model (encode, fast predict, "
               f"calibrate) p50 {M['p50_ms']:.3f} / p99 {M['p99_ms']:.3f} ms; Booster.predict on one numpy row p50 {BO['p50_ms']:.3f} ms")

@@ -30,8 +30,8 @@ from .config import ConfigError, Settings
 # %% auto #0
 __all__ = ['DEV_KEY', 'ROUTES', 'log', 'ServingConfig', 'key_ok', 'ScoreRequest', 'BatchRequest', 'Action', 'Contribution',
            'ScoreResponse', 'BatchResponse', 'EventsRequest', 'Rejected', 'EventsResponse', 'validation_errors',
-           'split_events', 'collect', 'collector_pool', 'Metrics', 'RemoteModel', 'score_many', 'create_app',
-           'load_model_dir', 'sagemaker_app', 'cmd_serve', 'register_cli', 'run_demo']
+           'split_events', 'collect', 'collector_pool', 'Metrics', 'fast_route', 'RespPool', 'RemoteModel',
+           'score_many', 'create_app', 'load_model_dir', 'sagemaker_app', 'cmd_serve', 'register_cli', 'run_demo']
 
 # %% ../nbs/19_serving.ipynb #bc7555ae
 DEV_KEY = "demo-key"  # ONLY for `propensity serve --demo` on loopback; never accepted otherwise
@@ -237,18 +237,123 @@ class Metrics:
         return generate_latest(self.registry)
 
 # %% ../nbs/19_serving.ipynb #f5924974
-class _Timing:
-    def __init__(self, app, metrics: Metrics):
-        self.app, self.metrics = app, metrics
+_JSON_HDR = [(b"content-type", b"application/json")]
+
+async def _reply(send, status: int, body: bytes, extra=()):
+    await send({"type": "http.response.start", "status": status,
+                "headers": [*_JSON_HDR, (b"content-length", str(len(body)).encode()), *extra]})
+    await send({"type": "http.response.body", "body": body})
+
+async def _body(receive) -> bytes:
+    chunks, more = [], True
+    while more:
+        m = await receive()
+        if m["type"] == "http.disconnect": break
+        chunks.append(m.get("body", b"")); more = m.get("more_body", False)
+    return b"".join(chunks)
+
+def fast_route(model, run, keys: tuple[str, ...]):
+    "An ASGI handler: API key, then `model.model_validate_json(body)`, then `await run(request) -> obj` as JSON; returns the status."
+    from pydantic import ValidationError
+    unauthorized = orjson.dumps({"detail": "missing or invalid API key (header X-API-Key)"})
+    async def handle(scope, receive, send) -> int:
+        key = next((v for k, v in scope["headers"] if k == b"x-api-key"), None)
+        if not key_ok(key.decode("latin-1") if key is not None else None, keys):
+            await _body(receive)
+            await _reply(send, 401, unauthorized, [(b"www-authenticate", b"ApiKey")]); return 401
+        try: req = model.model_validate_json(await _body(receive))
+        except ValidationError as e:
+            errs = [{"loc": ["body", *e_["loc"]], "msg": e_["msg"], "type": e_["type"]} for e_ in e.errors(include_url=False)]
+            await _reply(send, 422, orjson.dumps({"detail": errs, "errors": validation_errors(errs)})); return 422
+        await _reply(send, 200, orjson.dumps(await run(req), option=orjson.OPT_SERIALIZE_NUMPY)); return 200
+    return handle
+
+class _Front:
+    "Times and counts every request; serves the routes of `fast` ({path: handler}, POST) directly."
+    def __init__(self, app, metrics: Metrics, fast: dict | None = None):
+        self.app, self.metrics, self.fast = app, metrics, fast or {}
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http": return await self.app(scope, receive, send)
         t0, status = time.perf_counter(), [500]
+        h = self.fast.get(scope["path"]) if scope["method"] == "POST" else None
+        if h is not None:
+            try: status[0] = await h(scope, receive, send)
+            finally: self.metrics.observe(scope["path"], status[0], time.perf_counter() - t0)
+            return
         async def send2(msg):
             if msg["type"] == "http.response.start": status[0] = msg["status"]
             await send(msg)
         try: await self.app(scope, receive, send2)
         finally: self.metrics.observe(scope["path"], status[0], time.perf_counter() - t0)
+
+# %% ../nbs/19_serving.ipynb #5228cf88
+def _bulk(b: bytes) -> bytes: return b"$%d\r\n%s\r\n" % (len(b), b)
+
+class RespPool:
+    "Pipelined HMGETs (and PING) over persistent raw RESP connections, hiredis-parsed, with a per-call timeout."
+    def __init__(self, url: str, timeout_s: float, max_idle: int = 16):
+        from redis.connection import parse_url
+        self.kw, self.timeout, self.max_idle = parse_url(url), timeout_s, max_idle
+        self._idle: list = []
+        self._tails: dict = {}
+
+    async def _open(self):
+        import hiredis
+        kw = self.kw
+        async with asyncio.timeout(self.timeout):
+            r, w = await (asyncio.open_unix_connection(kw["path"]) if "path" in kw else
+                          asyncio.open_connection(kw.get("host", "localhost"), kw.get("port", 6379)))
+        conn = (r, w, hiredis.Reader())
+        init = []
+        if kw.get("password") is not None:
+            init.append([b"AUTH", *([kw["username"].encode()] if kw.get("username") else []), kw["password"].encode()])
+        if kw.get("db"): init.append([b"SELECT", str(kw["db"]).encode()])
+        if init:
+            w.write(b"".join(b"*%d\r\n" % len(c) + b"".join(map(_bulk, c)) for c in init))
+            await self._read(conn, len(init))
+        return conn
+
+    async def _read(self, conn, n: int) -> list:
+        r, _, parser = conn
+        out = []
+        async with asyncio.timeout(self.timeout):
+            while len(out) < n:
+                data = await r.read(65536)
+                if not data: raise ConnectionError("the online store closed the connection")
+                parser.feed(data)
+                while (x := parser.gets()) is not False:
+                    if isinstance(x, Exception): raise x
+                    out.append(x)
+        return out
+
+    def _hmget(self, key: bytes, fields: list[bytes]) -> bytes:
+        tail = self._tails.get(id(fields))
+        if tail is None: tail = self._tails[id(fields)] = (len(fields) + 2, b"".join(map(_bulk, fields)), fields)
+        return b"*%d\r\n$5\r\nHMGET\r\n" % tail[0] + _bulk(key) + tail[1]
+
+    async def call(self, payload: bytes, n: int) -> list:
+        "Send `payload` (n commands) and return the n replies; the connection is dropped on any failure."
+        conn = self._idle.pop() if self._idle else await self._open()
+        try:
+            conn[1].write(payload)
+            out = await self._read(conn, n)
+        except BaseException:
+            conn[1].close()
+            raise
+        if len(self._idle) < self.max_idle: self._idle.append(conn)
+        else: conn[1].close()
+        return out
+
+    async def hmget_many(self, cmds: list[tuple[bytes, list[bytes]]]) -> list:
+        "The replies of HMGET `key` `fields` for each command, in one round trip."
+        return await self.call(b"".join(self._hmget(k, f) for k, f in cmds), len(cmds))
+
+    async def ping(self) -> bool:
+        return (await self.call(b"*1\r\n$4\r\nPING\r\n", 1))[0] in (b"PONG", "PONG")
+
+    async def close(self):
+        while self._idle: self._idle.pop()[1].close()
 
 # %% ../nbs/19_serving.ipynb #69fdcd80
 def _plain(v):
@@ -291,11 +396,7 @@ class _State:
 
 async def _fetch(st: _State, cmds: list) -> list:
     "All HMGETs of `cmds` (None entries skipped) in one pipelined round trip; replies in `cmds` order."
-    pipe = st.redis.pipeline(transaction=False)
-    for c in cmds:
-        if c is not None: pipe.hmget(*c)
-    async with asyncio.timeout(st.cfg.redis_timeout_ms * 2 / 1000):
-        got = iter(await pipe.execute())
+    got = iter(await st.redis.hmget_many([c for c in cmds if c is not None]))
     return [next(got) if c is not None else None for c in cmds]
 
 def _reason(e: BaseException) -> str:
@@ -334,8 +435,9 @@ async def score_many(st: _State, reqs: list[dict]) -> list[dict]:
     return out
 
 # %% ../nbs/19_serving.ipynb #dd5b07c6
-def create_app(settings: Settings, registry_dir, cfg: ServingConfig | None = None, *, redis_url: str | None = None) -> FastAPI:
-    "The scoring service for the promoted model of `registry_dir` and the online store of `settings` (or `redis_url`)."
+def create_app(settings: Settings, registry_dir, cfg: ServingConfig | None = None, *, redis_url: str | None = None,
+               fast_path: bool = True) -> FastAPI:
+    "The scoring service for the promoted model of `registry_dir` and the online store of `settings` (or `redis_url`); `fast_path`: the front serves the scoring routes (see `_Front`)."
     from propensity.scorer import CircuitBreaker, Scorer, model_source, policy_source
     cfg = cfg or ServingConfig.from_env()
     if not cfg.api_keys: raise ConfigError("no API keys: set PROPENSITY_API_KEYS (comma-separated, 8+ characters each)")
@@ -347,11 +449,9 @@ def create_app(settings: Settings, registry_dir, cfg: ServingConfig | None = Non
 
     @asynccontextmanager
     async def lifespan(app):
-        import redis.asyncio as aredis
         from propensity.onlinestore import ensure_online_store
         st.url = redis_url or settings.redis_url or ensure_online_store(settings)
-        t = cfg.redis_timeout_ms / 1000
-        st.redis = aredis.Redis.from_url(st.url, socket_timeout=t, socket_connect_timeout=t, decode_responses=False)
+        st.redis = RespPool(st.url, cfg.redis_timeout_ms / 1000)
         st.pool = collector_pool(st.url)
         await asyncio.get_running_loop().run_in_executor(st.pool, split_events, [])  # the worker is up before traffic
         if cfg.model_endpoint: st.remote = RemoteModel(cfg.model_endpoint, cfg.endpoint_timeout_ms)
@@ -362,7 +462,7 @@ def create_app(settings: Settings, registry_dir, cfg: ServingConfig | None = Non
         try: yield
         finally:
             models.stop(); policies.stop()
-            await st.redis.aclose(); st.pool.shutdown(wait=True, cancel_futures=True)
+            await st.redis.close(); st.pool.shutdown(wait=True, cancel_futures=True)
             if st.remote: await st.remote.close()
 
     app = FastAPI(title="propensity scoring service", version="1", lifespan=lifespan, default_response_class=Response,
@@ -380,17 +480,24 @@ def create_app(settings: Settings, registry_dir, cfg: ServingConfig | None = Non
         errs = [{k: v for k, v in e.items() if k in ("loc", "msg", "type")} for e in exc.errors()]
         return _json({"detail": errs, "errors": validation_errors(errs)}, 422)
 
-    @app.post("/v1/score", response_model=ScoreResponse, dependencies=[Depends(auth)], summary="Score one session")
-    async def score(req: ScoreRequest):
+    async def run_one(req: ScoreRequest) -> dict:
         a = (await score_many(st, [req.model_dump()]))[0]
         st.metrics.answer(a)
-        return _json(a)
+        return a
+
+    async def run_batch(req: BatchRequest) -> dict:
+        out = await score_many(st, [q.model_dump() for q in req.requests])
+        for a in out: st.metrics.answer(a)
+        return {"results": out}
+
+    # the documented routes; with `fast_path` (the default) the front serves these paths itself, same contract
+    @app.post("/v1/score", response_model=ScoreResponse, dependencies=[Depends(auth)], summary="Score one session")
+    async def score(req: ScoreRequest):
+        return _json(await run_one(req))
 
     @app.post("/v1/score/batch", response_model=BatchResponse, dependencies=[Depends(auth)], summary="Score up to 100 sessions")
     async def score_batch(req: BatchRequest):
-        out = await score_many(st, [q.model_dump() for q in req.requests])
-        for a in out: st.metrics.answer(a)
-        return _json({"results": out})
+        return _json(await run_batch(req))
 
     @app.post("/v1/events", response_model=EventsResponse, dependencies=[Depends(auth)], summary="Collect clickstream events")
     async def events(req: EventsRequest):
@@ -429,7 +536,9 @@ def create_app(settings: Settings, registry_dir, cfg: ServingConfig | None = Non
         st.metrics.reloads.set(models.reloads)
         return Response(st.metrics.text(), media_type="text/plain; version=0.0.4")
 
-    app.add_middleware(_Timing, metrics=st.metrics)
+    fast = {"/v1/score": fast_route(ScoreRequest, run_one, cfg.api_keys),
+            "/v1/score/batch": fast_route(BatchRequest, run_batch, cfg.api_keys)} if fast_path else {}
+    app.add_middleware(_Front, metrics=st.metrics, fast=fast)
     return app
 
 # %% ../nbs/19_serving.ipynb #339c1b08
