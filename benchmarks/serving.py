@@ -2,7 +2,8 @@
 
   (a) baseline   Feast `get_online_features` (feature service) + request-time features + `Booster.predict` on a
                  pandas DataFrame + calibration: how the reference system's Python path would score one session
-  (b) in process this service's `Scorer.score`: one pipelined HMGET round trip in Feast's layout, fast decoding,
+  (b) in process this service's `Scorer.score` with `RespClient`: one pipelined HMGET round trip in Feast's layout,
+                 on a persistent socket, hiredis parsing, fast value decoding,
                  LightGBM's single-row fast path, calibration, band and policy
   (c) HTTP       `propensity serve` (uvicorn, one worker) under an open-loop load generator on the same machine:
                  a fixed arrival rate (default 500 requests/s) for a fixed time (60 s; 15 s with --quick);
@@ -37,7 +38,7 @@ from propensity.config import Settings
 from propensity.contracts import read_table
 from propensity.feast_repo import feature_store, materialize
 from propensity.onlinestore import EmbeddedValkey, _free_port, redis_client
-from propensity.scorer import SEGMENT_FEATURES, Scorer, model_source, policy_source
+from propensity.scorer import SEGMENT_FEATURES, RespClient, Scorer, model_source, policy_source
 
 ROOT = Path(__file__).resolve().parents[1]
 PROJECT = "servingbench"
@@ -101,7 +102,7 @@ def baseline(store, sc: Scorer, reqs: list[dict]) -> tuple[list[float], list[flo
 
 
 def in_process(sc: Scorer, r, reqs: list[dict]) -> tuple[list[float], list[float]]:
-    "(b): Scorer.score per request (sync redis-py client, one pipelined round trip)."
+    "(b): Scorer.score per request (`RespClient`: one pipelined round trip on a persistent socket)."
     times, probs = [], []
     for q in reqs:
         t = time.perf_counter()
@@ -217,15 +218,20 @@ def main():
         baseline(store, sc, reqs[:20]); in_process(sc, r, reqs[:500])
         gc.collect()
         ta, pa = baseline(store, sc, reqs[:n_a])
+        rc = RespClient(server.url, 0.05)
+        in_process(sc, rc, reqs[:500])
         gc.collect(); gc.freeze()
-        tb, pb = in_process(sc, r, (reqs * (n_b // len(reqs) + 1))[:n_b])
+        tb, pb = in_process(sc, rc, (reqs * (n_b // len(reqs) + 1))[:n_b])
         gc.unfreeze()
+        t_redispy, _ = in_process(sc, r, reqs[:2000])  # the same scorer with redis-py's pipeline, for comparison
         diff = float(np.max(np.abs(np.array(pa) - np.array(pb[:n_a]))))
         # components of (b): the round trip alone, the model alone
         mb, rd = sc.models.current, sc.reader
         t_fetch, t_model = [], []
         for q in reqs[:2000]:
-            t = time.perf_counter(); rd.fetch(r, q); t_fetch.append(time.perf_counter() - t)
+            cmds = rd.commands(q)
+            t = time.perf_counter(); got = iter(rc.hmget_many([c for c in cmds if c])); rd.decode([next(got) if c else None for c in cmds])
+            t_fetch.append(time.perf_counter() - t)
         vals = [sc.values(q, [r.hmget(*c) if c else None for c in sc.plan(q)]) for q in reqs[:2000]]
         for v in vals:
             t = time.perf_counter(); mb.score(v); t_model.append(time.perf_counter() - t)
@@ -258,7 +264,8 @@ def main():
             print(f"{name[:58]:<58} {s['n']:>7} {s['p50_ms']:>8.3f} {s['p90_ms']:>8.3f} {s['p99_ms']:>8.3f} {s['max_ms']:>8.2f}")
         print(f"  (c) CPU per request: service {C['service_cpu_us_per_request']:.0f} us (at {a.rate:.0f}/s: "
               f"{C['service_cpu_us_per_request'] * a.rate / 1e4:.0f}% of one core), load generator {C['generator_cpu_us_per_request']:.0f} us")
-        F, M, BO = summary(t_fetch), summary(t_model), summary(t_booster)
+        F, M, BO, RP = summary(t_fetch), summary(t_model), summary(t_booster), summary(t_redispy)
+        print(f"  (b) with redis-py's pipeline instead of RespClient: p50 {RP['p50_ms']:.3f} / p99 {RP['p99_ms']:.3f} ms")
         print(f"  (b) parts: round trip + decode p50 {F['p50_ms']:.3f} / p99 {F['p99_ms']:.3f} ms; model (encode, fast predict, "
               f"calibrate) p50 {M['p50_ms']:.3f} / p99 {M['p99_ms']:.3f} ms; Booster.predict on one numpy row p50 {BO['p50_ms']:.3f} ms")
         print(f"  (a) vs (b): same probabilities, max |difference| {diff:.2e} over {n_a} requests")
@@ -272,7 +279,7 @@ def main():
               "NOT DECIDED (shorter than 60 s: run without --quick)"))
         print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} at the end (other work on the machine makes tails noisy)")
         print("RESULT " + json.dumps(dict(benchmark="serving", quick=a.quick, model=sc.models.current.version,
-                                          baseline=A, in_process=B, http=C, in_process_parts=dict(fetch=F, model=M, booster_predict_numpy=BO),
+                                          baseline=A, in_process=B, http=C, in_process_parts=dict(fetch=F, model=M, booster_predict_numpy=BO), in_process_redis_py=RP,
                                           p99_ratio=round(ratio, 1), max_abs_diff=diff, target_in_process_met=t_b, target_http_met=t_c,
                                           load_average=round(os.getloadavg()[0], 2))))
     finally:

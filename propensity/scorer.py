@@ -29,8 +29,8 @@ from .train import Encoder
 # %% auto #0
 __all__ = ['DECODERS', 'SEGMENT_FEATURES', 'ACTIONS', 'BAND_NAMES', 'DEFAULT_POLICY', 'entity_key', 'decode_ts_ms',
            'FeatureReader', 'FastPredictor', 'FallbackPrior', 'ModelBundle', 'tiny_registry', 'PolicyError', 'Policy',
-           'Reloading', 'model_source', 'policy_source', 'CircuitBreaker', 'Scorer', 'RowError', 'parse_rows',
-           'score_rows']
+           'Reloading', 'model_source', 'policy_source', 'CircuitBreaker', 'Scorer', 'RespClient', 'RowError',
+           'parse_rows', 'score_rows']
 
 # %% ../nbs/18_scorer.ipynb #ca8c6f39
 _ENTITY_ORDER = ("user", "session", "product")  # the order of the three HMGETs of one request
@@ -486,14 +486,16 @@ class Scorer:
                             missing=[e for e in _ENTITY_ORDER])
 
     def score(self, client, req: Mapping) -> dict:
-        "Score one request with a redis-py `client` (one pipelined round trip); degraded, never raising, when Redis fails."
+        "Score one request with a `RespClient` or a redis-py client (one pipelined round trip); degraded, never raising, when Redis fails."
         if not self.breaker.allow(): return self.fallback(req, "online_store_circuit_open")
         cmds = self.plan(req)
         try:
-            pipe = client.pipeline(transaction=False)
-            for c in cmds:
-                if c is not None: pipe.hmget(*c)
-            got = iter(pipe.execute())
+            if hasattr(client, "hmget_many"): got = iter(client.hmget_many([c for c in cmds if c is not None]))
+            else:
+                pipe = client.pipeline(transaction=False)
+                for c in cmds:
+                    if c is not None: pipe.hmget(*c)
+                got = iter(pipe.execute())
         except Exception as e:
             self.breaker.failure()
             return self.fallback(req, _reason(e))
@@ -504,6 +506,58 @@ def _reason(e: BaseException) -> str:
     "A short, id-free reason for an online-store failure (a metrics label)."
     name = type(e).__name__.lower()
     return "online_store_timeout" if "timeout" in name else "online_store_unavailable"
+
+# %% ../nbs/18_scorer.ipynb #dfa698a3
+def _bulk(b: bytes) -> bytes: return b"$%d\r\n%s\r\n" % (len(b), b)
+
+class RespClient:
+    "Pipelined HMGETs over one blocking socket (hiredis-parsed), reconnecting after a failure."
+    def __init__(self, url: str, timeout_s: float = 0.05):
+        from redis.connection import parse_url
+        self.kw, self.timeout, self._sock, self._tails = parse_url(url), timeout_s, None, {}
+
+    def _connect(self):
+        import hiredis, socket
+        kw = self.kw
+        if "path" in kw:
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); s.settimeout(self.timeout); s.connect(kw["path"])
+        else:
+            s = socket.create_connection((kw.get("host", "localhost"), kw.get("port", 6379)), self.timeout)
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._sock, self._parser = s, hiredis.Reader()
+        init = []
+        if kw.get("password") is not None: init.append([b"AUTH", *([kw["username"].encode()] if kw.get("username") else []), kw["password"].encode()])
+        if kw.get("db"): init.append([b"SELECT", str(kw["db"]).encode()])
+        if init: self._call(b"".join(b"*%d\r\n" % len(c) + b"".join(map(_bulk, c)) for c in init), len(init))
+
+    def _call(self, payload: bytes, n: int) -> list:
+        s, p, out = self._sock, self._parser, []
+        s.sendall(payload)
+        while len(out) < n:
+            data = s.recv(65536)
+            if not data: raise ConnectionError("the online store closed the connection")
+            p.feed(data)
+            while (x := p.gets()) is not False:
+                if isinstance(x, Exception): raise x
+                out.append(x)
+        return out
+
+    def _hmget(self, key: bytes, fields: list) -> bytes:
+        t = self._tails.get(id(fields))
+        if t is None: t = self._tails[id(fields)] = (len(fields) + 2, b"".join(map(_bulk, fields)), fields)
+        return b"*%d\r\n$5\r\nHMGET\r\n" % t[0] + _bulk(key) + t[1]
+
+    def hmget_many(self, cmds: list) -> list:
+        "The replies of HMGET `key` `fields` for each `(key, fields)`, in one round trip."
+        try:
+            if self._sock is None: self._connect()
+            return self._call(b"".join(self._hmget(k, f) for k, f in cmds), len(cmds))
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self):
+        if self._sock is not None: self._sock.close(); self._sock = None
 
 # %% ../nbs/18_scorer.ipynb #3b31a6f8
 class RowError(ValueError):

@@ -27,7 +27,7 @@ from propensity.features import ENTITIES, features_of
 from propensity.livestream import dead_letter_key, read_after, stream_length
 from propensity.onlinestore import EmbeddedValkey, _free_port, redis_client
 from propensity.registry import load, promote, register
-from propensity.scorer import FeatureReader, ModelBundle, Scorer, model_source, policy_source
+from propensity.scorer import FeatureReader, ModelBundle, RespClient, Scorer, model_source, policy_source
 from propensity.train import TrainConfig, train_pipeline
 
 BIN = Path(sys.executable).parent
@@ -90,6 +90,7 @@ def test_in_process_score_equals_booster_predict_on_a_dataframe(world):
     "The scorer's fast path gives the baseline's number (Booster.predict on the encoded frame) and calibration."
     d, r = world["d"], redis_client(world["url"])
     sc = Scorer(PROJECT, model_source(d / "registry"))
+    rc = RespClient(world["url"])
     mb = sc.models.current
     at = int(pd.Timestamp("2024-03-11T12:00:00Z").value // 1_000_000)
     for row in ids_sample(d, 25):
@@ -102,6 +103,8 @@ def test_in_process_score_equals_booster_predict_on_a_dataframe(world):
         seg = pd.DataFrame({c: [values[f]] for c, f in (("device", "sess_device"), ("country", "sess_country"), ("traffic_source", "sess_traffic_source"))})
         assert abs(a["probability"] - mb.calibrated.calibrate(np.array([raw]), seg)[0]) < 1e-9
         assert a["degraded"] is False and a["model_version"] == "v0001"
+        b = sc.score(rc, req)                                   # the lean client gives the same answer
+        assert {k: v for k, v in b.items() if k != "scored_at_ms"} == {k: v for k, v in a.items() if k != "scored_at_ms"}
 
 
 # ---------------------------------------------------------------------------- the HTTP service
