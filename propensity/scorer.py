@@ -29,8 +29,8 @@ from .train import Encoder
 # %% auto #0
 __all__ = ['DECODERS', 'SEGMENT_FEATURES', 'ACTIONS', 'BAND_NAMES', 'DEFAULT_POLICY', 'entity_key', 'decode_ts_ms',
            'FeatureReader', 'FastPredictor', 'FallbackPrior', 'ModelBundle', 'tiny_registry', 'PolicyError', 'Policy',
-           'Reloading', 'model_source', 'policy_source', 'CircuitBreaker', 'Scorer', 'RespClient', 'RowError',
-           'parse_rows', 'score_rows']
+           'Reloading', 'model_source', 'policy_source', 'CircuitBreaker', 'Scorer', 'RespCodec', 'RespClient',
+           'RowError', 'parse_rows', 'score_rows']
 
 # %% ../nbs/18_scorer.ipynb #ca8c6f39
 _ENTITY_ORDER = ("user", "session", "product")  # the order of the three HMGETs of one request
@@ -510,11 +510,37 @@ def _reason(e: BaseException) -> str:
 # %% ../nbs/18_scorer.ipynb #dfa698a3
 def _bulk(b: bytes) -> bytes: return b"$%d\r\n%s\r\n" % (len(b), b)
 
+class RespCodec:
+    "RESP encoding of the scorer's commands (each view's field list encoded once) and hiredis decoding of replies."
+    def __init__(self): self._tails = {}
+
+    def hmget(self, key: bytes, fields: list) -> bytes:
+        t = self._tails.get(id(fields))
+        if t is None: t = self._tails[id(fields)] = (len(fields) + 2, b"".join(map(_bulk, fields)), fields)
+        return b"*%d\r\n$5\r\nHMGET\r\n" % t[0] + _bulk(key) + t[1]
+
+    @staticmethod
+    def setup(kw: Mapping) -> tuple[bytes, int]:
+        "AUTH and SELECT for a connection of `redis.connection.parse_url(url)`, and how many replies they give."
+        init = []
+        if kw.get("password") is not None: init.append([b"AUTH", *([kw["username"].encode()] if kw.get("username") else []), kw["password"].encode()])
+        if kw.get("db"): init.append([b"SELECT", str(kw["db"]).encode()])
+        return b"".join(b"*%d\r\n" % len(c) + b"".join(map(_bulk, c)) for c in init), len(init)
+
+    @staticmethod
+    def take(parser, data: bytes, out: list):
+        "Feed `data` to the hiredis `parser` and append the complete replies to `out` (a server error is raised)."
+        if not data: raise ConnectionError("the online store closed the connection")
+        parser.feed(data)
+        while (x := parser.gets()) is not False:
+            if isinstance(x, Exception): raise x
+            out.append(x)
+
 class RespClient:
     "Pipelined HMGETs over one blocking socket (hiredis-parsed), reconnecting after a failure."
     def __init__(self, url: str, timeout_s: float = 0.05):
         from redis.connection import parse_url
-        self.kw, self.timeout, self._sock, self._tails = parse_url(url), timeout_s, None, {}
+        self.kw, self.timeout, self._sock, self.codec = parse_url(url), timeout_s, None, RespCodec()
 
     def _connect(self):
         import hiredis, socket
@@ -525,33 +551,20 @@ class RespClient:
             s = socket.create_connection((kw.get("host", "localhost"), kw.get("port", 6379)), self.timeout)
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._sock, self._parser = s, hiredis.Reader()
-        init = []
-        if kw.get("password") is not None: init.append([b"AUTH", *([kw["username"].encode()] if kw.get("username") else []), kw["password"].encode()])
-        if kw.get("db"): init.append([b"SELECT", str(kw["db"]).encode()])
-        if init: self._call(b"".join(b"*%d\r\n" % len(c) + b"".join(map(_bulk, c)) for c in init), len(init))
+        payload, n = RespCodec.setup(kw)
+        if n: self._call(payload, n)
 
     def _call(self, payload: bytes, n: int) -> list:
-        s, p, out = self._sock, self._parser, []
-        s.sendall(payload)
-        while len(out) < n:
-            data = s.recv(65536)
-            if not data: raise ConnectionError("the online store closed the connection")
-            p.feed(data)
-            while (x := p.gets()) is not False:
-                if isinstance(x, Exception): raise x
-                out.append(x)
+        out = []
+        self._sock.sendall(payload)
+        while len(out) < n: RespCodec.take(self._parser, self._sock.recv(65536), out)
         return out
-
-    def _hmget(self, key: bytes, fields: list) -> bytes:
-        t = self._tails.get(id(fields))
-        if t is None: t = self._tails[id(fields)] = (len(fields) + 2, b"".join(map(_bulk, fields)), fields)
-        return b"*%d\r\n$5\r\nHMGET\r\n" % t[0] + _bulk(key) + t[1]
 
     def hmget_many(self, cmds: list) -> list:
         "The replies of HMGET `key` `fields` for each `(key, fields)`, in one round trip."
         try:
             if self._sock is None: self._connect()
-            return self._call(b"".join(self._hmget(k, f) for k, f in cmds), len(cmds))
+            return self._call(b"".join(self.codec.hmget(k, f) for k, f in cmds), len(cmds))
         except BaseException:
             self.close()
             raise

@@ -288,15 +288,14 @@ class _Front:
         finally: self.metrics.observe(scope["path"], status[0], time.perf_counter() - t0)
 
 # %% ../nbs/19_serving.ipynb #5228cf88
-def _bulk(b: bytes) -> bytes: return b"$%d\r\n%s\r\n" % (len(b), b)
-
 class RespPool:
     "Pipelined HMGETs (and PING) over persistent raw RESP connections, hiredis-parsed, with a per-call timeout."
     def __init__(self, url: str, timeout_s: float, max_idle: int = 16):
         from redis.connection import parse_url
+        from propensity.scorer import RespCodec
         self.kw, self.timeout, self.max_idle = parse_url(url), timeout_s, max_idle
         self._idle: list = []
-        self._tails: dict = {}
+        self.codec = RespCodec()
 
     async def _open(self):
         import hiredis
@@ -305,32 +304,18 @@ class RespPool:
             r, w = await (asyncio.open_unix_connection(kw["path"]) if "path" in kw else
                           asyncio.open_connection(kw.get("host", "localhost"), kw.get("port", 6379)))
         conn = (r, w, hiredis.Reader())
-        init = []
-        if kw.get("password") is not None:
-            init.append([b"AUTH", *([kw["username"].encode()] if kw.get("username") else []), kw["password"].encode()])
-        if kw.get("db"): init.append([b"SELECT", str(kw["db"]).encode()])
-        if init:
-            w.write(b"".join(b"*%d\r\n" % len(c) + b"".join(map(_bulk, c)) for c in init))
-            await self._read(conn, len(init))
+        payload, n = self.codec.setup(kw)
+        if n:
+            w.write(payload)
+            await self._read(conn, n)
         return conn
 
     async def _read(self, conn, n: int) -> list:
         r, _, parser = conn
         out = []
         async with asyncio.timeout(self.timeout):
-            while len(out) < n:
-                data = await r.read(65536)
-                if not data: raise ConnectionError("the online store closed the connection")
-                parser.feed(data)
-                while (x := parser.gets()) is not False:
-                    if isinstance(x, Exception): raise x
-                    out.append(x)
+            while len(out) < n: self.codec.take(parser, await r.read(65536), out)
         return out
-
-    def _hmget(self, key: bytes, fields: list[bytes]) -> bytes:
-        tail = self._tails.get(id(fields))
-        if tail is None: tail = self._tails[id(fields)] = (len(fields) + 2, b"".join(map(_bulk, fields)), fields)
-        return b"*%d\r\n$5\r\nHMGET\r\n" % tail[0] + _bulk(key) + tail[1]
 
     async def call(self, payload: bytes, n: int) -> list:
         "Send `payload` (n commands) and return the n replies; the connection is dropped on any failure."
@@ -347,7 +332,7 @@ class RespPool:
 
     async def hmget_many(self, cmds: list[tuple[bytes, list[bytes]]]) -> list:
         "The replies of HMGET `key` `fields` for each command, in one round trip."
-        return await self.call(b"".join(self._hmget(k, f) for k, f in cmds), len(cmds))
+        return await self.call(b"".join(self.codec.hmget(k, f) for k, f in cmds), len(cmds))
 
     async def ping(self) -> bool:
         return (await self.call(b"*1\r\n$4\r\nPING\r\n", 1))[0] in (b"PONG", "PONG")
