@@ -305,7 +305,7 @@ def test_online_store_outage_gives_degraded_answers_then_recovers(world, service
     reasons = {a["degraded_reason"] for a in during}
     assert reasons <= {"online_store_unavailable", "online_store_timeout", "online_store_circuit_open"} and "online_store_circuit_open" in reasons
     assert all(a["raw_score"] is None and a["action"]["action"] == "none" for a in during)
-    assert max(t for _, _, t in out[t_down:t_up]) < 0.5         # within the latency budget: no hanging on a dead store
+    assert max(t for _, _, t in out[t_down:t_up]) < 1.0         # within the latency budget: no hanging on a dead store
     after = out[-1][1]
     assert not after["degraded"] and after["probability"] == pytest.approx(healthy["probability"], abs=1e-12)   # recovered by itself
     m = service.client.get("/metrics").text
