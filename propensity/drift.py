@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from .calibration import SegmentAdjuster, calibrator_from_dict
-from .metrics import by_segment, evaluate
+from .metrics import by_segment, evaluate, segment_records
 from .train import DAY_MS, Encoder, _half, _ms, _segments
 
 # %% auto #0
@@ -44,12 +44,12 @@ def rows_after(df: pd.DataFrame, window_end: str, days: int, time_col: str = "ev
 
 # %% ../nbs/20_drift.ipynb #afc89228
 def drift_table(check: pd.DataFrame, *, min_support: int = 2000, segment_ece_max: float = 0.02) -> pd.DataFrame:
-    "Per segment of `check` (columns label, before, after and the segment columns): n, observed, mean and ECE before/after, off."
+    "Per segment of `check` (columns label, before, after, the segment columns and session_id): rows, sessions, observed, mean and ECE before/after, off (by sessions)."
     b = by_segment(check, "before").set_index(["segment", "value"])
     a = by_segment(check, "after").set_index(["segment", "value"])
-    t = pd.DataFrame({"n": b["n"], "observed": b["base_rate"], "predicted_before": b["mean_predicted"],
+    t = pd.DataFrame({"n": b["n"], "sessions": b["sessions"], "observed": b["base_rate"], "predicted_before": b["mean_predicted"],
                       "ece_before": b["ece"], "predicted_after": a["mean_predicted"], "ece_after": a["ece"]}).reset_index()
-    t["supported"] = t["n"] >= min_support
+    t["supported"] = t["sessions"] >= min_support
     t["off_before"] = t["supported"] & (t["ece_before"] > segment_ece_max)
     t["off_after"] = t["supported"] & (t["ece_after"] > segment_ece_max)
     return t.sort_values(["off_before", "ece_before"], ascending=False, kind="stable").reset_index(drop=True)
@@ -61,10 +61,6 @@ def _model_inputs(m, rows: pd.DataFrame):
     raw = m.booster.predict(enc.transform(rows), num_threads=1)
     calibrated = calibrator_from_dict(cal["calibrator"]).predict(raw)
     return raw, calibrated, SegmentAdjuster.from_dict(cal["segments"])
-
-def _segment_metrics(df: pd.DataFrame, col: str) -> list[dict]:
-    return [dict(column=r.segment, value=r.value, n=int(r.n), ece=float(r.ece), brier=float(r.brier),
-                 base_rate=float(r.base_rate), mean_predicted=float(r.mean_predicted)) for r in by_segment(df, col).itertuples()]
 
 def recalibrate(data_dir: str | Path, *, days: int = 7, version: str | None = None, promote: bool = True,
                 pr_auc_tolerance: float = 0.01, ece_max: float = 0.01, segment_ece_max: float = 0.02,
@@ -94,8 +90,8 @@ def recalibrate(data_dir: str | Path, *, days: int = 7, version: str | None = No
     before, after = old.transform(calibrated, segs), new.transform(calibrated, segs)
     keep = ["point_id", "session_id", "event_timestamp", "trigger", "device", "country", "traffic_source"]
     check = rows.loc[chk, keep].reset_index(drop=True).assign(label=y[chk], raw=raw[chk], before=before[chk], after=after[chk])
-    m_before = dict(evaluate(y[chk], before[chk]), segments=_segment_metrics(check, "before"))
-    m_after = dict(evaluate(y[chk], after[chk]), segments=_segment_metrics(check, "after"), raw=m.metrics.get("raw"))
+    m_before = dict(evaluate(y[chk], before[chk]), segments=segment_records(check, "before"))
+    m_after = dict(evaluate(y[chk], after[chk]), segments=segment_records(check, "after"), raw=m.metrics.get("raw"))
     table = drift_table(check, min_support=min_segment_support, segment_ece_max=segment_ece_max)
     q = d / "quality" / "quality.json"
     data_ok = bool(json.loads(q.read_text()).get("ok", False)) if q.exists() else False

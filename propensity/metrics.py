@@ -16,7 +16,7 @@ from sklearn import metrics as skm
 
 # %% auto #0
 __all__ = ['SEGMENTS', 'SEGMENT_MIN_BIN_ROWS', 'pr_auc', 'roc_auc', 'brier', 'log_loss', 'precision_recall_at_top', 'lift_at_top',
-           'ece', 'reliability_curve', 'evaluate', 'by_segment']
+           'ece', 'reliability_curve', 'evaluate', 'by_segment', 'segment_records']
 
 # %% ../nbs/10_metrics.ipynb #57782841
 SEGMENTS = ("device", "country", "traffic_source")
@@ -145,9 +145,10 @@ SEGMENT_MIN_BIN_ROWS = 500  # segment ECE: at most 15 equal-mass bins, each of a
 
 def by_segment(df: pd.DataFrame, score_col: str, label_col: str = "label", segments: Iterable[str] = SEGMENTS,
                min_support: int = 0, weight_col: str | None = None, bins: int = 15,
-               min_bin_rows: int | None = SEGMENT_MIN_BIN_ROWS) -> pd.DataFrame:
-    """One row per (segment column, value) with at least `min_support` rows: n, positives, base rate, mean predicted,
-    PR-AUC (nan when undefined), Brier, ECE (bins of at least `min_bin_rows` rows)."""
+               min_bin_rows: int | None = SEGMENT_MIN_BIN_ROWS, session_col: str = "session_id") -> pd.DataFrame:
+    """One row per (segment column, value) with at least `min_support` rows: n (rows), sessions (distinct
+    `session_col` values; n when there is no such column), positives, base rate, mean predicted, PR-AUC (nan when
+    undefined), Brier, ECE (bins of at least `min_bin_rows` rows)."""
     rows = []
     for col in segments:
         for value, g in df.groupby(col, dropna=False, sort=True, observed=True):
@@ -155,8 +156,15 @@ def by_segment(df: pd.DataFrame, score_col: str, label_col: str = "label", segme
             y, p = g[label_col].to_numpy(), g[score_col].to_numpy()
             w = None if weight_col is None else g[weight_col].to_numpy()
             yy, pp, ww = _inputs(y, p, w)
-            rows.append({"segment": col, "value": value, "n": len(g), "positives": int(yy.sum()),
+            sessions = int(g[session_col].nunique()) if session_col in g else len(g)
+            rows.append({"segment": col, "value": value, "n": len(g), "sessions": sessions, "positives": int(yy.sum()),
                          "base_rate": float((ww * yy).sum() / ww.sum()), "mean_predicted": float((ww * pp).sum() / ww.sum()),
                          "pr_auc": pr_auc(yy, pp, ww), "brier": brier(yy, pp, ww), "ece": ece(yy, pp, bins, sample_weight=ww, min_bin_rows=min_bin_rows)})
-    cols = ["segment", "value", "n", "positives", "base_rate", "mean_predicted", "pr_auc", "brier", "ece"]
+    cols = ["segment", "value", "n", "sessions", "positives", "base_rate", "mean_predicted", "pr_auc", "brier", "ece"]
     return pd.DataFrame(rows, columns=cols)
+
+def segment_records(df: pd.DataFrame, score_col: str, label_col: str = "label") -> list[dict]:
+    "`by_segment` as plain records {column, value, n, sessions, ece, brier, base_rate, mean_predicted}: what a model's metrics keep and the gates read."
+    return [dict(column=r.segment, value=r.value, n=int(r.n), sessions=int(r.sessions), ece=float(r.ece), brier=float(r.brier),
+                 base_rate=float(r.base_rate), mean_predicted=float(r.mean_predicted))
+            for r in by_segment(df, score_col, label_col).itertuples()]

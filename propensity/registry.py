@@ -343,7 +343,7 @@ class GateResult:
         n, bad = len(self.checks), self.failures
         head = f"PASSED all {n} checks" if not bad else f"FAILED {len(bad)} of {n} checks"
         lines = [head] + [f"  - {c.message()}" for c in (bad or self.checks)]
-        if self.skipped: lines.append(f"  ({len(self.skipped)} segment(s) skipped: fewer than {self.thresholds.get('min_segment_support')} rows)")
+        if self.skipped: lines.append(f"  ({len(self.skipped)} segment(s) skipped: fewer than {self.thresholds.get('min_segment_support')} sessions)")
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
@@ -389,6 +389,7 @@ def evaluate_gates(candidate_metrics: dict, incumbent_metrics: dict | None, *, d
         miss = [k for k in ("column", "value", "n", "ece") if not isinstance(s, dict) or k not in s]
         if miss: raise ValueError(f"candidate_metrics['segments'][{i}]: missing {miss} (expected column, value, n, ece)")
         n = _number(f"segments[{i}]['n']", s["n"])
+        if "sessions" in s: n = _number(f"segments[{i}]['sessions']", s["sessions"])   # support counts sessions when known
         if n < min_segment_support:
             skipped.append({"column": s["column"], "value": s["value"], "n": int(n)}); continue
         e = _number(f"segments[{i}]['ece']", s["ece"])

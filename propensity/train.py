@@ -199,7 +199,7 @@ def train_pipeline(data_dir: str | Path, cfg: TrainConfig = TrainConfig(), *, pr
     from propensity.calibration import SegmentAdjuster, choose_calibrator
     from propensity.contracts import read_table
     from propensity.features import spec_hash
-    from propensity.metrics import by_segment, evaluate
+    from propensity.metrics import evaluate, segment_records
     from propensity.registry import BandEconomics, propose_bands, register_if_passing
     t0 = time.perf_counter(); d = Path(data_dir)
     path = d / "training" / "training_set"
@@ -228,9 +228,7 @@ def train_pipeline(data_dir: str | Path, cfg: TrainConfig = TrainConfig(), *, pr
     clock["calibration"] = round(time.perf_counter() - t, 2); t = time.perf_counter()
     metrics = evaluate(y[sm], p_t)
     metrics["raw"] = evaluate(y[sm], raw_t)
-    seg = by_segment(test.assign(score=p_t), "score")
-    metrics["segments"] = [dict(column=r.segment, value=r.value, n=int(r.n), ece=float(r.ece), brier=float(r.brier),
-                                base_rate=float(r.base_rate), mean_predicted=float(r.mean_predicted)) for r in seg.itertuples()]
+    metrics["segments"] = segment_records(test.assign(score=p_t), "score")
     oracle = None
     if (d / "truth" / "sessions").exists():
         from propensity.simulate import load_truth

@@ -39,7 +39,8 @@ def drifted(tmp_path_factory, spark):
 @pytest.fixture(scope="module")
 def recal(drifted):
     out, until = drifted
-    return recalibrate(out, days=4, segment_ece_max=0.04, ece_max=0.03, progress=False)
+    # a 4-day window of the small world: about 1,500-2,500 sessions per device in each half, so judge from 1,000
+    return recalibrate(out, days=4, segment_ece_max=0.04, ece_max=0.03, min_segment_support=1000, progress=False)
 
 
 def _row(summary, segment, value):
@@ -50,7 +51,7 @@ def test_the_model_is_off_for_the_drifted_segment_and_recalibration_brings_it_ba
     out, until = drifted
     assert recal["window"]["recalibration"][0] > until                      # only rows the model never saw
     mob = _row(recal, "device", "mobile")
-    assert "device=mobile" in recal["off_segments"] and mob["off_before"] and mob["n"] >= 2000
+    assert "device=mobile" in recal["off_segments"] and mob["off_before"] and mob["sessions"] >= 1000
     assert mob["predicted_before"] > 1.4 * mob["observed"]                 # over-predicted after the drift
     assert abs(mob["predicted_after"] - mob["observed"]) < 0.3 * abs(mob["predicted_before"] - mob["observed"])
     assert mob["ece_after"] <= 0.02 < mob["ece_before"]
