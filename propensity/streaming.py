@@ -28,8 +28,8 @@ __all__ = ['EV_KEYS', 'EV_COLUMNS', 'SESSION_FEATURES', 'SOURCE_NAME', 'SOURCE_S
            'SCANS', 'StreamConfig', 'StreamPaths', 'part_id', 'session_step', 'validate_entries', 'register_source',
            'write_dead_letters', 'write_dead_letter_file', 'online_args', 'write_online', 'landing_files',
            'landing_lines', 'replay', 'output_ddl', 'build_query', 'offline_table', 'Sink', 'metrics_line', 'Stopper',
-           'run_stream', 'committed_offset', 'read_metrics', 'status', 'reset', 'cmd_replay', 'print_status',
-           'cmd_stream', 'add_stream_args', 'register_cli']
+           'run_stream', 'committed_offset', 'read_metrics', 'count_after', 'status', 'reset', 'cmd_replay',
+           'print_status', 'cmd_stream', 'add_stream_args', 'register_cli']
 
 # %% ../nbs/17_streaming.ipynb #c15ad991
 @dataclass(frozen=True)
@@ -42,6 +42,7 @@ class StreamConfig:
     max_rows_per_batch: int | None = None  # cap on stream entries per micro-batch (None: all available)
     partitions: int = 2                 # shuffle partitions = state store partitions (fixed by the checkpoint)
     api: str = "pandas"                 # pandas: transformWithStateInPandas | rows: transformWithState (Row-based)
+    dedup: bool = True                  # dropDuplicatesWithinWatermark(event_id) before the state (the fold also skips seen ids)
 
     def __post_init__(self):
         if self.source not in ("redis", "files"): raise ValueError(f"source={self.source!r}: expected 'redis' or 'files'")
@@ -519,8 +520,8 @@ def build_query(spark, settings: Settings, data_dir: str | Path, cfg: StreamConf
                                   .mapInPandas(check, VALID_DDL))
     ev = (valid
              .withColumn("ts", F.timestamp_millis("event_time"))
-             .withWatermark("ts", f"{int(cfg.lateness_minutes * 60_000)} milliseconds")
-             .dropDuplicatesWithinWatermark(["event_id"]))
+             .withWatermark("ts", f"{int(cfg.lateness_minutes * 60_000)} milliseconds"))
+    if cfg.dedup: ev = ev.dropDuplicatesWithinWatermark(["event_id"])
     g = ev.groupBy("session_id")
     tws = g.transformWithStateInPandas if cfg.api == "pandas" else g.transformWithState
     return tws(statefulProcessor=_processor_class(cfg.api)(cfg.gap_ms), outputStructType=output_ddl(), outputMode="Append",
@@ -728,6 +729,16 @@ def read_metrics(path: Path, last: int | None = None) -> list[dict]:
     lines = path.read_text().splitlines()
     return [json.loads(l) for l in (lines[-last:] if last else lines) if l.strip()]
 
+def count_after(client, stream: str, after: str, cap: int = 100_000, page: int = 10_000) -> int:
+    "Entries of `stream` after id `after`, counted page by page up to `cap` (a larger lag is reported as `cap`)."
+    n = 0
+    while n < cap:
+        rows = client.xrange(stream, min=f"({after}", max="+", count=min(page, cap - n))
+        n += len(rows)
+        if len(rows) < page: break
+        after = _entry_id(rows[-1][0])
+    return n
+
 def status(data_dir: str | Path, settings: Settings | None = None, client=None, last: int = 10) -> dict:
     "The job's recent metrics, committed offset and lag behind the stream."
     settings = settings or Settings.from_env()
@@ -740,7 +751,7 @@ def status(data_dir: str | Path, settings: Settings | None = None, client=None, 
         out["stream_last_id"] = newest
         after = off or START
         out["lag_ms"] = max(0, parse_id(newest)[0] - parse_id(after)[0]) if newest != START else 0
-        out["lag_entries"] = len(client.xrange(settings.stream_key, min=f"({after}", max="+", count=1_000_000)) if newest != START else 0
+        out["lag_entries"] = count_after(client, settings.stream_key, after) if newest != START else 0
         out["dead_letters"] = int(client.xlen(dead_letter_key(settings.stream_key)))
     return out
 
@@ -788,7 +799,7 @@ def _config(args) -> StreamConfig:
     try:
         return StreamConfig(source=args.source, inactivity_minutes=args.inactivity_minutes, lateness_minutes=args.lateness_minutes,
                             trigger_ms=args.trigger_ms, max_rows_per_batch=args.max_rows, partitions=args.partitions,
-                            api=args.api)
+                            api=args.api, dedup=not args.no_dedup)
     except ValueError as e:
         msg = str(e)
         for name in ("source", "inactivity_minutes", "lateness_minutes", "trigger_ms", "max_rows_per_batch", "partitions"):
@@ -798,7 +809,7 @@ def _config(args) -> StreamConfig:
 
 def print_status(s: dict) -> None:
     print(f"committed batch {s['committed_batch']} at offset {s['committed_offset']}; stream newest "
-          f"{s.get('stream_last_id')}; lag {s.get('lag_entries', '?')} entries ({(s.get('lag_ms') or 0) / 1000:.1f} s); "
+          f"{s.get('stream_last_id')}; lag {s.get('lag_entries', '?')}{'+' if s.get('lag_entries') == 100_000 else ''} entries ({(s.get('lag_ms') or 0) / 1000:.1f} s); "
           f"dead letters {s.get('dead_letters', '?')}")
     keys = ("batch_id", "input_rows", "rejected", "late_dropped", "duplicates_dropped", "sessions_updated",
             "sessions_evicted", "state_rows", "batch_ms", "freshness_p50_ms", "freshness_p99_ms")
@@ -843,6 +854,8 @@ def add_stream_args(p) -> None:
     p.add_argument("--partitions", type=int, default=2, help="state partitions (fixed once the checkpoint exists)")
     p.add_argument("--api", choices=["pandas", "rows"], default="pandas",
                    help="transformWithStateInPandas (default) or the row-based transformWithState (fixed once the checkpoint exists)")
+    p.add_argument("--no-dedup", action="store_true",
+                   help="no dropDuplicatesWithinWatermark step (the fold still skips seen event ids); fixed once the checkpoint exists")
     p.add_argument("--reset", action="store_true", help="start over: delete the checkpoint, metrics, dead-letter folder and stream offline rows first")
     p.add_argument("--quiet", action="store_true", help="no per-batch lines")
 
