@@ -29,8 +29,8 @@ from .train import Encoder
 # %% auto #0
 __all__ = ['DECODERS', 'SEGMENT_FEATURES', 'ACTIONS', 'BAND_NAMES', 'DEFAULT_POLICY', 'entity_key', 'decode_ts_ms',
            'FeatureReader', 'FastPredictor', 'FallbackPrior', 'ModelBundle', 'tiny_registry', 'PolicyError', 'Policy',
-           'Reloading', 'model_source', 'policy_source', 'CircuitBreaker', 'Scorer', 'RespCodec', 'RespClient',
-           'RowError', 'parse_rows', 'score_rows']
+           'Reloading', 'model_source', 'policy_source', 'CircuitBreaker', 'Scorer', 'RespCodec', 'PyRespReader',
+           'resp_reader', 'RespClient', 'RowError', 'parse_rows', 'score_rows']
 
 # %% ../nbs/18_scorer.ipynb #ca8c6f39
 _ENTITY_ORDER = ("user", "session", "product")  # the order of the three HMGETs of one request
@@ -536,6 +536,49 @@ class RespCodec:
             if isinstance(x, Exception): raise x
             out.append(x)
 
+class _Incomplete(Exception): pass
+
+class PyRespReader:
+    "A small RESP2 reply parser with hiredis.Reader's `feed` / `gets` (False: no complete reply yet), used when hiredis is not installed."
+    def __init__(self): self.buf, self.pos = b"", 0
+
+    def feed(self, data: bytes): self.buf, self.pos = self.buf[self.pos:] + data, 0
+
+    def gets(self):
+        try: x, self.pos = self._parse(self.pos)
+        except _Incomplete: return False
+        return x
+
+    def _line(self, i: int):
+        j = self.buf.find(b"\r\n", i)
+        if j < 0: raise _Incomplete
+        return self.buf[i:j], j + 2
+
+    def _parse(self, i: int):
+        line, i = self._line(i)
+        t, rest = line[:1], line[1:]
+        if t == b"+": return rest, i
+        if t == b"-": return ConnectionError(f"online store error: {rest.decode(errors='replace')}"), i
+        if t == b":": return int(rest), i
+        n = int(rest)
+        if t == b"$":
+            if n < 0: return None, i
+            if len(self.buf) < i + n + 2: raise _Incomplete
+            return self.buf[i:i + n], i + n + 2
+        if t == b"*":
+            if n < 0: return None, i
+            out = []
+            for _ in range(n):
+                x, i = self._parse(i); out.append(x)
+            return out, i
+        raise ValueError(f"unexpected RESP reply type {t!r}")
+
+def resp_reader():
+    "hiredis' reply parser when installed (fast, C), else `PyRespReader`."
+    try: import hiredis
+    except ImportError: return PyRespReader()
+    return hiredis.Reader()
+
 class RespClient:
     "Pipelined HMGETs over one blocking socket (hiredis-parsed), reconnecting after a failure."
     def __init__(self, url: str, timeout_s: float = 0.05):
@@ -543,14 +586,14 @@ class RespClient:
         self.kw, self.timeout, self._sock, self.codec = parse_url(url), timeout_s, None, RespCodec()
 
     def _connect(self):
-        import hiredis, socket
+        import socket
         kw = self.kw
         if "path" in kw:
             s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); s.settimeout(self.timeout); s.connect(kw["path"])
         else:
             s = socket.create_connection((kw.get("host", "localhost"), kw.get("port", 6379)), self.timeout)
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._sock, self._parser = s, hiredis.Reader()
+        self._sock, self._parser = s, resp_reader()
         payload, n = RespCodec.setup(kw)
         if n: self._call(payload, n)
 

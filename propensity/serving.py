@@ -289,7 +289,7 @@ class _Front:
 
 # %% ../nbs/19_serving.ipynb #5228cf88
 class RespPool:
-    "Pipelined HMGETs (and PING) over persistent raw RESP connections, hiredis-parsed, with a per-call timeout."
+    "Pipelined HMGETs (and PING) over persistent raw RESP connections (hiredis-parsed when installed), with a per-call timeout."
     def __init__(self, url: str, timeout_s: float, max_idle: int = 16):
         from redis.connection import parse_url
         from propensity.scorer import RespCodec
@@ -298,12 +298,12 @@ class RespPool:
         self.codec = RespCodec()
 
     async def _open(self):
-        import hiredis
+        from propensity.scorer import resp_reader
         kw = self.kw
         async with asyncio.timeout(self.timeout):
             r, w = await (asyncio.open_unix_connection(kw["path"]) if "path" in kw else
                           asyncio.open_connection(kw.get("host", "localhost"), kw.get("port", 6379)))
-        conn = (r, w, hiredis.Reader())
+        conn = (r, w, resp_reader())
         payload, n = self.codec.setup(kw)
         if n:
             w.write(payload)
