@@ -238,10 +238,14 @@ def write_dead_letters(client, stream: str, rejected) -> int:
         pipe.xadd(key, {FIELD: rec.encode() if isinstance(rec, str) else rec, b"reason": why.encode(),
                         b"source": f"{stream}:{i}".encode()}, id=i)
     new = 0
-    for res in pipe.execute(raise_on_error=False):
-        if isinstance(res, Exception):
-            if "equal or smaller" not in str(res): raise res
-        else: new += 1
+    for i, rec, why, res in zip(rejected["id"], rejected["record"], rejected["reason"], pipe.execute(raise_on_error=False)):
+        if not isinstance(res, Exception): new += 1; continue
+        if "equal or smaller" not in str(res): raise res
+        if client.xrange(key, min=i, max=i): continue  # written before this batch was re-run: nothing to do
+        # another producer (e.g. the event collector) added a newer dead letter first: keep this one under a new id
+        client.xadd(key, {FIELD: rec.encode() if isinstance(rec, str) else rec, b"reason": why.encode(),
+                          b"source": f"{stream}:{i}".encode()})
+        new += 1
     return new
 
 def write_dead_letter_file(folder: Path, rejected) -> Path | None:
@@ -631,7 +635,9 @@ def _dead_count(client, stream: str, start: str | None, end: str | None) -> int 
     if client is None or end is None: return None
     start = start or START
     if parse_id(end) <= parse_id(start): return 0
-    return len(client.xrange(dead_letter_key(stream), min=f"({start}", max=end))
+    prefix = f"{stream}:".encode()  # the job's own dead letters (the event collector writes here too)
+    return sum(1 for _, f in client.xrange(dead_letter_key(stream), min=f"({start}", max=end)
+               if f.get(b"source", b"").startswith(prefix))
 
 def _count_lines(folder: Path) -> int:
     return sum(sum(1 for _ in open(f, "rb")) for f in folder.glob("*.jsonl")) if folder.is_dir() else 0

@@ -236,3 +236,17 @@ def test_file_source(world, tmp_path, redis_url, redis_client, spark):
     got = online_raw(redis_client, s.feast_project, sorted(expected))
     for sid, exp in expected.items():
         same(got[sid], {f.name: exp[f.name] for f in FEATS})
+
+
+def test_dead_letters_are_idempotent_and_never_lost(redis_client):
+    "A re-run batch adds no dead letter twice; a record older than another producer's newer dead letter is still kept."
+    from propensity.streaming import write_dead_letters
+    rej = pd.DataFrame({"id": ["5-0", "5-1"], "record": ['{"event_id": "x"', ""], "reason": ["record: not valid JSON", "record: empty"]})
+    key = dead_letter_key("t:dl")
+    assert write_dead_letters(redis_client, "t:dl", rej) == 2
+    assert write_dead_letters(redis_client, "t:dl", rej) == 0 and redis_client.xlen(key) == 2  # the batch re-run
+    publish(redis_client, [b'{"record": {}, "reason": "collector"}'], key)  # the event collector, newer id
+    late = pd.DataFrame({"id": ["6-0"], "record": ["oops"], "reason": ["record: not valid JSON"]})
+    assert write_dead_letters(redis_client, "t:dl", late) == 1
+    kept = [f for _, f in redis_client.xrange(key) if f.get(b"source") == b"t:dl:6-0"]
+    assert len(kept) == 1 and kept[0][b"e"] == b"oops" and redis_client.xlen(key) == 4
