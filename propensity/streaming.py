@@ -631,6 +631,9 @@ class Stopper:
     def __exit__(self, *exc):
         for s, h in self._old.items(): signal.signal(s, h)
 
+_CONFS = ("spark.sql.streaming.stateStore.providerClass", "spark.sql.shuffle.partitions",
+          "spark.sql.streaming.stateStore.rocksdb.changelogCheckpointing.enabled")  # what build_query sets
+
 def _dead_count(client, stream: str, start: str | None, end: str | None) -> int | None:
     if client is None or end is None: return None
     start = start or START
@@ -655,6 +658,7 @@ def run_stream(data_dir: str | Path, settings: Settings | None = None, cfg: Stre
         from propensity.batch import spark_session
         spark = spark_session(settings, "propensity-stream", **{"spark.sql.shuffle.partitions": str(cfg.partitions)})
     sink = Sink(url, settings.feast_project, paths)
+    saved = {k: spark.conf.get(k, None) for k in _CONFS}  # a shared session gets its settings back at the end
     df = build_query(spark, settings, paths.root, cfg, url)
     w = df.writeStream.foreachBatch(sink).option("checkpointLocation", str(paths.checkpoint)).queryName("session_features")
     w = w.trigger(processingTime=f"{cfg.trigger_ms} milliseconds") if cfg.trigger_ms else w
@@ -712,6 +716,9 @@ def run_stream(data_dir: str | Path, settings: Settings | None = None, cfg: Stre
         finally:
             if q.isActive: q.stop()
             r.close()
+            for k, v in saved.items():
+                if v is None: spark.conf.unset(k)
+                else: spark.conf.set(k, v)
     return dict(stopped_by=why, seconds=round(time.monotonic() - t0, 1), **totals, state_rows=last.get("state_rows"),
                 last_batch=last.get("batch_id"), committed_offset=last.get("end_offset"), watermark=last.get("watermark"),
                 metrics=str(paths.metrics), checkpoint=str(paths.checkpoint))
