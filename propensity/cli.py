@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -362,7 +361,7 @@ def parser() -> argparse.ArgumentParser:
     o.add_argument("action", choices=["start", "stop", "status"])
     o.set_defaults(fn=cmd_online_store)
     for mod in COMMAND_MODULES:  # the streaming job and the scoring service add their own commands
-        if importlib.util.find_spec(mod) is not None: importlib.import_module(mod).register_cli(sub)
+        importlib.import_module(mod).register_cli(sub)
     return p
 
 def main(argv: list[str] | None = None) -> int:
