@@ -11,7 +11,7 @@ DEMO_DIR ?= data/demo
 .PHONY: venv demo test lab export clean-nbs check-export check-clean test-nbs test-py bench help
 
 help:
-	@echo "make demo   simulate a small marketplace, build its features (Spark), materialize them (Feast + Valkey)"
+	@echo "make demo   simulate, features (Spark), materialize (Feast + Valkey), train, reports, streaming job, scoring service"
 	@echo "make test   export/clean checks, notebook tests and pytest"
 	@echo "make lab    JupyterLab on nbs/"
 	@echo "make export nbdev-export + nbdev-clean after editing notebooks"
@@ -34,11 +34,19 @@ demo: $(STAMP)
 	@$(BIN)/propensity train --data $(DEMO_DIR) --trials 6 --timeout 180 --val-days 2 --test-days 2 \
 	 || { rc=$$?; test $$rc -eq 3 && echo "(the candidate did not pass its gates on this short world: nothing registered; see the reasons above)" || exit $$rc; }
 	$(BIN)/propensity report weekly --data $(DEMO_DIR) --out $(DEMO_DIR)/reports
+	@echo; echo "== streaming: the last day's landing records replayed into the live stream, the job run on them for a minute"
+	$(BIN)/propensity replay --data $(DEMO_DIR) --speed max --hours 24 --fresh
+	$(BIN)/propensity stream --data $(DEMO_DIR) --reset --duration 60 --max-rows 5000
+	$(BIN)/propensity stream --data $(DEMO_DIR) --status --last 5
+	@echo; echo "== scoring service: live traffic through the event collector, a few scored sessions"
+	@$(BIN)/propensity serve --demo --data $(DEMO_DIR) --seconds 20 \
+	 || { rc=$$?; test $$rc -eq 3 && echo "(no promoted model on this short world: the service demo needs one; see the gate reasons above)" || exit $$rc; }
 	@echo
 	@echo "Demo outputs under $(DEMO_DIR)/:"
 	@echo "  events/ (landing zone), tables/ (Parquet), truth/ (ground truth), world.json"
 	@echo "  offline/ (sessions, session/user/product features), training/training_set/, quality/quality.md, rejected/"
 	@echo "  models/ (runs, Optuna study), registry/ (versioned models, promoted.json), reports/index.html (rendered reports)"
+	@echo "  streaming/ (checkpoint, metrics.jsonl), offline/stream_session_features/ (the stream's offline rows)"
 	@echo "Online store: $$($(BIN)/propensity online-store status | grep -E '│ url ' | tr -s ' │' ' ')  (stop it: $(BIN)/propensity online-store stop)"
 
 lab: $(STAMP)
@@ -74,3 +82,5 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/simulate.py --quick
 	$(BIN)/python benchmarks/batch_features.py --quick
 	$(BIN)/python benchmarks/training.py --quick
+	$(BIN)/python benchmarks/streaming.py --quick
+	$(BIN)/python benchmarks/serving.py --quick
