@@ -19,9 +19,10 @@ from rich.table import Table
 from .config import ConfigError, Settings
 
 # %% auto #0
-__all__ = ['SHARE_FLAGS', 'COMMAND_MODULES', 'UsageError', 'cmd_config', 'cmd_simulate', 'print_world', 'cmd_summary',
-           'cmd_ingest', 'PipelineStop', 'cmd_features', 'cmd_quality', 'cmd_materialize', 'cmd_train', 'cmd_promote',
-           'cmd_train_table', 'cmd_predict', 'cmd_recalibrate', 'cmd_report', 'cmd_online_store', 'parser', 'main']
+__all__ = ['SHARE_FLAGS', 'GATE_FLAGS', 'COMMAND_MODULES', 'UsageError', 'cmd_config', 'cmd_simulate', 'print_world',
+           'cmd_summary', 'cmd_ingest', 'PipelineStop', 'cmd_features', 'cmd_quality', 'cmd_materialize', 'cmd_train',
+           'cmd_promote', 'cmd_train_table', 'cmd_predict', 'cmd_recalibrate', 'cmd_report', 'cmd_online_store',
+           'parser', 'main']
 
 # %% ../nbs/09_cli.ipynb #21153bad
 class UsageError(Exception):
@@ -190,6 +191,10 @@ def cmd_materialize(args, settings: Settings) -> int:
     return 0
 
 # %% ../nbs/09_cli.ipynb #0109f1b8
+GATE_FLAGS = {"pr_auc_tolerance": "PR-AUC may be this much below the serving model's (default 0.01)",
+              "ece_max": "overall ECE at most (default 0.01)", "segment_ece_max": "segment ECE at most (default 0.02)",
+              "min_segment_support": "segments with at least this many sessions are judged (default 2000)"}
+
 def cmd_train(args, settings: Settings) -> int:
     from propensity.train import TrainConfig, train_pipeline
     data = _data_arg(args, settings)
@@ -197,7 +202,10 @@ def cmd_train(args, settings: Settings) -> int:
         cfg = TrainConfig(n_trials=args.trials, timeout_s=args.timeout, val_days=args.val_days, test_days=args.test_days,
                           until=args.until)
     except ValueError as e: raise UsageError(str(e)) from None
-    try: s = train_pipeline(data, cfg, promote=not args.no_promote, progress=not args.quiet)
+    gates = {k: getattr(args, k) for k in GATE_FLAGS if getattr(args, k) is not None}
+    for k, v in gates.items():
+        if v < 0: raise UsageError(f"--{k.replace('_', '-')}={v}: expected a number >= 0")
+    try: s = train_pipeline(data, cfg, promote=not args.no_promote, progress=not args.quiet, gates=gates)
     except (FileNotFoundError, ValueError) as e: raise UsageError(str(e)) from None
     m = s["metrics"]
     rows = [["rows train / val / test", " / ".join(f"{v:,}" for v in s["rows"].values())],
@@ -330,6 +338,8 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--val-days", type=int, default=7); t.add_argument("--test-days", type=int, default=7)
     t.add_argument("--until", help="last UTC day (YYYY-MM-DD) to train on; later days are left for monitoring and recalibration")
     t.add_argument("--no-promote", action="store_true", help="register a passing candidate without promoting it")
+    for k, doc in GATE_FLAGS.items():
+        t.add_argument(f"--{k.replace('_', '-')}", type=int if k == "min_segment_support" else float, help=f"gate: {doc}")
     t.add_argument("--quiet", action="store_true")
     t.set_defaults(fn=cmd_train)
     rc = sub.add_parser("recalibrate", help="refit the promoted model's segment adjustment on the days after its window")
