@@ -1,7 +1,7 @@
 """Streaming job benchmark: the highest event rate the job keeps up with on this machine, and event-to-online-store
 freshness at the reference's peak rate (100 events/s).
 
-  python benchmarks/streaming.py [--quick] [--master local[2]]
+  python benchmarks/streaming.py [--quick] [--master local[2]] [--state buckets|sessions] [--buckets 64]
 
 1. capacity: a backlog of replayed landing-zone lines is drained; rate = rows / time of the micro-batches after the
    first (warm-up) one. Micro-batches hold at most BATCH_ROWS entries (also in 2.).
@@ -102,6 +102,9 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smaller backlog and shorter windows (a few minutes)")
     ap.add_argument("--master", default="local[2]")
+    ap.add_argument("--state", choices=["buckets", "sessions"], default="buckets",
+                    help="the job's state layout (default buckets; sessions = one state value per session)")
+    ap.add_argument("--buckets", type=int, default=StreamConfig().buckets, help="with --state buckets: number of buckets")
     args = ap.parse_args()
     quick = args.quick
     backlog = 30_000 if quick else 120_000
@@ -123,7 +126,9 @@ def main():
     from propensity.batch import spark_session
     base = Settings.from_env({"REDIS_URL": url, "SPARK_MASTER": args.master})
     spark = spark_session(base, "bench-stream", **{"spark.sql.shuffle.partitions": "2", "spark.ui.showConsoleProgress": "false"})
-    result = dict(master=args.master, quick=quick, cores=os.cpu_count())
+    result = dict(master=args.master, quick=quick, cores=os.cpu_count(), state=args.state,
+                  buckets=args.buckets if args.state == "buckets" else None)
+    layout = dict(state=args.state, buckets=args.buckets)
 
     def settings(name):
         return Settings.from_env({"REDIS_URL": url, "SPARK_MASTER": args.master, "PROPENSITY_STREAM": f"bench:{name}",
@@ -132,7 +137,7 @@ def main():
     # 1. capacity: drain a backlog --------------------------------------------------------------------------
     s = settings("capacity"); d = tmp / "capacity"; d.mkdir()
     publish(r, lines, s.stream_key, batch=5000)
-    cfg = StreamConfig(lateness_minutes=10, max_rows_per_batch=BATCH_ROWS)
+    cfg = StreamConfig(lateness_minutes=10, max_rows_per_batch=BATCH_ROWS, **layout)
     t = time.perf_counter()
     out = run_stream(d, s, cfg, until_idle=True, spark=spark, progress=False)
     ms = [m for m in read_metrics(StreamPaths.of(d).metrics) if m["input_rows"]]
@@ -151,7 +156,7 @@ def main():
     best = 0
     for rate in rates:
         s = settings(f"sustain{rate}"); d = tmp / f"sustain{rate}"; d.mkdir()
-        job = Job(spark, s, d, StreamConfig(lateness_minutes=10, max_rows_per_batch=BATCH_ROWS))
+        job = Job(spark, s, d, StreamConfig(lateness_minutes=10, max_rows_per_batch=BATCH_ROWS, **layout))
         wait_batches(StreamPaths.of(d).metrics, 1, 120)  # the query is up (a first empty batch ran)
         stop = threading.Event(); samples = []
         pub = threading.Thread(target=publisher, args=(r, s.stream_key, lines, rate, sustain_s, stop), daemon=True)
@@ -174,7 +179,7 @@ def main():
 
     # 3. freshness at 100 events/s ---------------------------------------------------------------------------
     s = settings("fresh"); d = tmp / "fresh"; d.mkdir()
-    job = Job(spark, s, d, StreamConfig(lateness_minutes=10))
+    job = Job(spark, s, d, StreamConfig(lateness_minutes=10, **layout))
     wait_batches(StreamPaths.of(d).metrics, 1, 120)
     n0 = len(read_metrics(StreamPaths.of(d).metrics))
     stop = threading.Event()

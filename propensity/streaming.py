@@ -27,9 +27,10 @@ from .livestream import FIELD, START, dead_letter_key, format_id, parse_id
 __all__ = ['EV_KEYS', 'EV_COLUMNS', 'SESSION_FEATURES', 'SOURCE_NAME', 'SOURCE_SCHEMA', 'ONLINE_LUA', 'ROCKSDB', 'VALID_DDL',
            'SCANS', 'StreamConfig', 'StreamPaths', 'part_id', 'session_step', 'validate_entries', 'register_source',
            'write_dead_letters', 'write_dead_letter_file', 'online_args', 'write_online', 'landing_files',
-           'landing_lines', 'replay', 'output_ddl', 'build_query', 'offline_table', 'Sink', 'metrics_line', 'Stopper',
-           'run_stream', 'committed_offset', 'read_metrics', 'count_after', 'status', 'reset', 'cmd_replay',
-           'print_status', 'cmd_stream', 'add_stream_args', 'register_cli']
+           'landing_lines', 'replay', 'output_ddl', 'encode_bucket', 'decode_bucket', 'evict_expired', 'bucket_step',
+           'build_query', 'offline_table', 'Sink', 'metrics_line', 'Stopper', 'run_stream', 'check_layout',
+           'committed_offset', 'read_metrics', 'count_after', 'status', 'reset', 'cmd_replay', 'print_status',
+           'cmd_stream', 'add_stream_args', 'register_cli']
 
 # %% ../nbs/17_streaming.ipynb #c15ad991
 @dataclass(frozen=True)
@@ -43,6 +44,8 @@ class StreamConfig:
     partitions: int = 2                 # shuffle partitions = state store partitions (fixed by the checkpoint)
     api: str = "pandas"                 # pandas: transformWithStateInPandas | rows: transformWithState (Row-based)
     dedup: bool = True                  # dropDuplicatesWithinWatermark(event_id) before the state (the fold also skips seen ids)
+    state: str = "buckets"              # buckets: one state value per hash bucket of session ids | sessions: one per session
+    buckets: int = 64                   # with state="buckets": number of buckets (fixed by the checkpoint)
 
     def __post_init__(self):
         if self.source not in ("redis", "files"): raise ValueError(f"source={self.source!r}: expected 'redis' or 'files'")
@@ -58,6 +61,9 @@ class StreamConfig:
         if self.api not in ("pandas", "rows"): raise ValueError(f"api={self.api!r}: expected 'pandas' or 'rows'")
         if not (isinstance(self.partitions, int) and self.partitions > 0):
             raise ValueError(f"partitions={self.partitions!r}: expected a whole number > 0")
+        if self.state not in ("buckets", "sessions"): raise ValueError(f"state={self.state!r}: expected 'buckets' or 'sessions'")
+        if not (isinstance(self.buckets, int) and self.buckets > 0):
+            raise ValueError(f"buckets={self.buckets!r}: expected a whole number > 0")
 
     @property
     def gap_ms(self) -> int: return int(round(self.inactivity_minutes * 60_000))
@@ -78,6 +84,10 @@ class StreamPaths:
     def dead_letter_dir(self) -> Path: return self.root / "streaming" / "dead_letter"  # the file source's dead letters
     @property
     def offline(self) -> Path: return self.root / "offline" / "stream_session_features"
+    @property
+    def layout(self) -> Path: return self.root / "streaming" / "state_layout.json"  # state mode + buckets of the checkpoint
+    @property
+    def bucket_counts(self) -> Path: return self.root / "streaming" / "bucket_sessions.json"  # sessions per bucket (metric)
     def batch_file(self, batch_id: int) -> Path:
         return self.offline / f"batch_id={batch_id:08d}" / "part-0.parquet"
 
@@ -471,6 +481,111 @@ def _processor_class(api: str = "pandas"):
     return SessionProcessor
 _PROCESSOR = {}
 
+# %% ../nbs/17_streaming.ipynb #efe2d0f7
+def encode_bucket(sessions: dict) -> bytes:
+    "A bucket's state value: session id -> (part, SessionState bytes, latest event ms)."
+    import pickle
+    return pickle.dumps(sessions, protocol=4)
+
+def decode_bucket(blob: bytes) -> dict:
+    import pickle
+    return pickle.loads(bytes(blob)) if blob else {}
+
+def evict_expired(sessions: dict, gap_ms: int, watermark_ms: int) -> list[dict]:
+    "Remove the sessions whose latest event + `gap_ms` <= watermark (in place); their final `timeout` rows."
+    gone = [sid for sid, v in sessions.items() if v[2] + gap_ms <= watermark_ms]
+    rows = []
+    for sid in gone:
+        part, b, _ = sessions.pop(sid)
+        rows.append(_row("timeout", sid, part, SessionState.from_bytes(b), [], 0, 0))
+    return rows
+
+def bucket_step(sessions: dict, sids: list[str], events: list[dict], gap_ms: int, watermark_ms: int,
+                arrivals: list[int] | None = None) -> list[dict]:
+    """Apply one micro-batch's `events` of a bucket (`sids[i]`: the session of `events[i]`) to its `sessions`
+    (updated in place) with `session_step`, then evict the expired sessions. Returns the rows."""
+    arrivals = arrivals if arrivals is not None else [0] * len(events)
+    by: dict[str, list[int]] = {}
+    for i, sid in enumerate(sids): by.setdefault(sid, []).append(i)
+    rows = []
+    for sid, idx in by.items():
+        cur = sessions.get(sid)
+        part, st = (cur[0], SessionState.from_bytes(cur[1])) if cur is not None else (0, None)
+        part, st, out = session_step(sid, part, st, [events[i] for i in idx], gap_ms, [arrivals[i] for i in idx])
+        rows += out
+        if st is not None: sessions[sid] = (part, st.to_bytes(), st.times[-1])
+    return rows + evict_expired(sessions, gap_ms, watermark_ms)
+
+_COUNT_ROW = None
+
+def _count_row(bucket, n: int) -> dict:
+    "The `count` row of a bucket: its number of sessions in `applied` (not a feature row: the sink drops it)."
+    global _COUNT_ROW
+    if _COUNT_ROW is None: _COUNT_ROW = {f.name: f.default for f in features_of("session", "state")}
+    return {"kind": "count", "session_id": str(bucket), "event_timestamp": 0, "applied": int(n), "duplicates": 0,
+            "arrivals": [], **_COUNT_ROW}
+
+def _bucket_processor_class(api: str = "pandas"):
+    "The bucketed processor (key: the bucket) for `transformWithStateInPandas` or the row-based `transformWithState`."
+    if api in _BUCKET_PROCESSOR: return _BUCKET_PROCESSOR[api]
+    import pandas as pd
+    from pyspark.sql import Row
+    from pyspark.sql.streaming import StatefulProcessor
+
+    cols = [n for n, _ in _OUT_HEAD] + SESSION_FEATURES
+
+    class BucketProcessor(StatefulProcessor):
+        "One blob of sessions per bucket, the batch fold, one inactivity timer per bucket at its earliest expiry."
+        def __init__(self, gap_ms: int): self.gap_ms = gap_ms
+
+        def init(self, handle):
+            self.handle = handle
+            self.state = handle.getValueState("bucket", "sessions binary, timer bigint")
+
+        def _apply(self, bucket, sids, events, arrivals, watermark_ms, fired=None) -> list[dict]:
+            cur = self.state.get()
+            sessions, timer = (decode_bucket(cur[0]), cur[1]) if cur is not None else ({}, None)
+            out = bucket_step(sessions, sids, events, self.gap_ms, watermark_ms, arrivals)
+            new_timer = min(v[2] for v in sessions.values()) + self.gap_ms if sessions else None
+            if new_timer != timer:
+                if timer is not None and timer != fired: self.handle.deleteTimer(timer)  # Spark deletes a fired timer
+                if new_timer is not None: self.handle.registerTimer(new_timer)
+            if sessions: self.state.update((encode_bucket(sessions), new_timer))
+            elif cur is not None: self.state.clear()
+            out.append(_count_row(bucket, len(sessions)))
+            return out
+
+        if api == "pandas":
+            def handleInputRows(self, key, rows, timerValues):
+                frames = list(rows)
+                pdf = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+                data = {k: _pylist(pdf[c]) for k, c in zip(EV_KEYS, EV_COLUMNS)}
+                events = [dict(zip(EV_KEYS, v)) for v in zip(*(data[k] for k in EV_KEYS))]
+                out = self._apply(key[0], pdf["session_id"].tolist(), events, pdf["arrival_ms"].tolist(),
+                                  timerValues.getCurrentWatermarkInMs())
+                yield pd.DataFrame.from_records(out, columns=cols)
+
+            def handleExpiredTimer(self, key, timerValues, expiredTimerInfo):
+                out = self._apply(key[0], [], [], [], timerValues.getCurrentWatermarkInMs(), expiredTimerInfo.getExpiryTimeInMs())
+                yield pd.DataFrame.from_records(out, columns=cols)
+        else:
+            def handleInputRows(self, key, rows, timerValues):
+                rs = list(rows)
+                events = [{k: r[c] for k, c in zip(EV_KEYS, EV_COLUMNS)} for r in rs]
+                for d in self._apply(key[0], [r["session_id"] for r in rs], events, [r["arrival_ms"] for r in rs],
+                                     timerValues.getCurrentWatermarkInMs()):
+                    yield Row(**{c: d[c] for c in cols})
+
+            def handleExpiredTimer(self, key, timerValues, expiredTimerInfo):
+                for d in self._apply(key[0], [], [], [], timerValues.getCurrentWatermarkInMs(), expiredTimerInfo.getExpiryTimeInMs()):
+                    yield Row(**{c: d[c] for c in cols})
+
+        def close(self): pass
+
+    _BUCKET_PROCESSOR[api] = BucketProcessor
+    return BucketProcessor
+_BUCKET_PROCESSOR = {}
+
 # %% ../nbs/17_streaming.ipynb #873c9e3a
 ROCKSDB = "org.apache.spark.sql.execution.streaming.state.RocksDBStateStoreProvider"
 VALID_DDL = ("event_id string, event_type string, event_time bigint, product_id string, category string, price double, "
@@ -526,10 +641,14 @@ def build_query(spark, settings: Settings, data_dir: str | Path, cfg: StreamConf
              .withColumn("ts", F.timestamp_millis("event_time"))
              .withWatermark("ts", f"{int(cfg.lateness_minutes * 60_000)} milliseconds"))
     if cfg.dedup: ev = ev.dropDuplicatesWithinWatermark(["event_id"])
-    g = ev.groupBy("session_id")
+    if cfg.state == "buckets":
+        g = ev.withColumn("bucket", F.pmod(F.xxhash64("session_id"), F.lit(cfg.buckets)).cast("int")).groupBy("bucket")
+        proc = _bucket_processor_class(cfg.api)(cfg.gap_ms)
+    else:
+        g = ev.groupBy("session_id")
+        proc = _processor_class(cfg.api)(cfg.gap_ms)
     tws = g.transformWithStateInPandas if cfg.api == "pandas" else g.transformWithState
-    return tws(statefulProcessor=_processor_class(cfg.api)(cfg.gap_ms), outputStructType=output_ddl(), outputMode="Append",
-               timeMode="EventTime")
+    return tws(statefulProcessor=proc, outputStructType=output_ddl(), outputMode="Append", timeMode="EventTime")
 
 # %% ../nbs/17_streaming.ipynb #241b64e0
 def _quantiles(xs: list[float]) -> dict:
@@ -552,15 +671,36 @@ def offline_table(rows: list[dict], batch_id: int):
 
 class Sink:
     "The `foreachBatch` function: online store (idempotent Lua), offline Parquet per batch id, per-batch notes."
-    def __init__(self, url: str, project: str, paths: StreamPaths):
+    def __init__(self, url: str, project: str, paths: StreamPaths, state: str = "sessions"):
         self.url, self.project, self.paths = url, project, paths
         self.notes: dict[int, dict] = {}
         self._r = None
+        self.counts: dict | None = None  # state="buckets": sessions per bucket (from the processor's count rows)
+        if state == "buckets":
+            f = paths.bucket_counts
+            self.counts = {k: int(v) for k, v in json.loads(f.read_text())["counts"].items()} if f.exists() else {}
+
+    def state_sessions(self) -> int | None:
+        "Sessions in state (bucketed state: the sum of the buckets' last counts)."
+        return sum(self.counts.values()) if self.counts is not None else None
+
+    def _take_counts(self, pdf, batch_id: int):
+        "Drop the processor's `count` rows; keep each bucket's count (a re-run batch writes the same counts)."
+        if not len(pdf): return pdf
+        is_count = pdf["kind"] == "count"
+        if not is_count.any(): return pdf
+        if self.counts is None: self.counts = {}
+        cnt = pdf[is_count]
+        self.counts.update(zip(cnt["session_id"].astype(str), (int(x) for x in cnt["applied"])))
+        f = self.paths.bucket_counts; f.parent.mkdir(parents=True, exist_ok=True)
+        tmp = f.with_name(f".{f.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"batch_id": batch_id, "counts": self.counts})); os.replace(tmp, f)
+        return pdf[~is_count].reset_index(drop=True)
 
     def __call__(self, df, batch_id: int):
         import pyarrow.parquet as pq
         t0 = time.time()
-        pdf = df.toPandas()
+        pdf = self._take_counts(df.toPandas(), batch_id)
         rows = pdf.to_dict("records")
         self._r = self._r or _client(self.url)
         written, stale = write_online(self._r, rows, self.project)
@@ -581,6 +721,7 @@ class Sink:
             freshness_p50_ms=q["p50"], freshness_p99_ms=q["p99"], freshness_max_ms=q["max"],
             freshness_sample_ms=[round(x) for x in fresh[:: max(1, len(fresh) // 200)]],
             sink_ms=round(time.time() * 1000 - t0 * 1000))
+        if self.counts is not None: self.notes[batch_id]["state_sessions"] = self.state_sessions()
 
 # %% ../nbs/17_streaming.ipynb #b5f2adde
 def _ops(progress: dict) -> dict:
@@ -657,7 +798,8 @@ def run_stream(data_dir: str | Path, settings: Settings | None = None, cfg: Stre
     if spark is None:
         from propensity.batch import spark_session
         spark = spark_session(settings, "propensity-stream", **{"spark.sql.shuffle.partitions": str(cfg.partitions)})
-    sink = Sink(url, settings.feast_project, paths)
+    check_layout(paths, cfg)
+    sink = Sink(url, settings.feast_project, paths, cfg.state)
     saved = {k: spark.conf.get(k, None) for k in _CONFS}  # a shared session gets its settings back at the end
     df = build_query(spark, settings, paths.root, cfg, url)
     w = df.writeStream.foreachBatch(sink).option("checkpointLocation", str(paths.checkpoint)).queryName("session_features")
@@ -681,7 +823,12 @@ def run_stream(data_dir: str | Path, settings: Settings | None = None, cfg: Stre
                     rej = _dead_count(r, settings.stream_key, _offset(src.get("startOffset")), _offset(src.get("endOffset")))
                 else:
                     now = _count_lines(paths.dead_letter_dir); rej = now - dead_total; dead_total = now
-                m = metrics_line(p, sink.notes.pop(b, None), rej)
+                notes = sink.notes.pop(b, None)
+                m = metrics_line(p, notes, rej)
+                if cfg.state == "buckets":  # Spark's state rows are buckets; the metric is the sessions in them
+                    m["state_buckets"] = m["state_rows"]
+                    s_n = m.pop("state_sessions", None)
+                    m["state_rows"] = s_n if s_n is not None else sink.state_sessions()
                 mf.write(json.dumps(m) + "\n"); mf.flush()
                 last.update(m); totals["batches"] += 1
                 for k in totals:
@@ -722,6 +869,24 @@ def run_stream(data_dir: str | Path, settings: Settings | None = None, cfg: Stre
     return dict(stopped_by=why, seconds=round(time.monotonic() - t0, 1), **totals, state_rows=last.get("state_rows"),
                 last_batch=last.get("batch_id"), committed_offset=last.get("end_offset"), watermark=last.get("watermark"),
                 metrics=str(paths.metrics), checkpoint=str(paths.checkpoint))
+
+def check_layout(paths: StreamPaths, cfg: StreamConfig) -> dict:
+    """The checkpoint's state layout (`state`, `buckets`): recorded on the first run, checked on every restart
+    (a checkpoint without the record is a per-session one, from before bucketed state)."""
+    want = {"state": cfg.state, "buckets": cfg.buckets if cfg.state == "buckets" else None}
+    f = paths.layout
+    if f.exists(): have = json.loads(f.read_text())
+    elif any((paths.checkpoint / "offsets").glob("[0-9]*")): have = {"state": "sessions", "buckets": None}
+    else:
+        f.parent.mkdir(parents=True, exist_ok=True); f.write_text(json.dumps(want))
+        return want
+    if have != want:
+        raise ValueError(f"the checkpoint {paths.checkpoint} holds state={have['state']!r}"
+                         f"{'' if have['buckets'] is None else ' buckets=' + str(have['buckets'])}; the job was started with "
+                         f"state={cfg.state!r}{'' if want['buckets'] is None else ' buckets=' + str(want['buckets'])} "
+                         f"(use the checkpoint's --state/--buckets, or --reset)")
+    if not f.exists(): f.write_text(json.dumps(have))
+    return have
 
 def _stream_last(r, stream: str) -> str:
     from propensity.livestream import last_id
@@ -812,10 +977,11 @@ def _config(args) -> StreamConfig:
     try:
         return StreamConfig(source=args.source, inactivity_minutes=args.inactivity_minutes, lateness_minutes=args.lateness_minutes,
                             trigger_ms=args.trigger_ms, max_rows_per_batch=args.max_rows, partitions=args.partitions,
-                            api=args.api, dedup=not args.no_dedup)
+                            api=args.api, dedup=not args.no_dedup, state=args.state, buckets=args.buckets)
     except ValueError as e:
         msg = str(e)
-        for name in ("source", "inactivity_minutes", "lateness_minutes", "trigger_ms", "max_rows_per_batch", "partitions"):
+        for name in ("source", "inactivity_minutes", "lateness_minutes", "trigger_ms", "max_rows_per_batch", "partitions",
+                     "state", "buckets"):
             flag = "--max-rows" if name == "max_rows_per_batch" else "--" + name.replace("_", "-")
             if msg.startswith(name + "="): msg = flag + msg[len(name):]
         raise UsageError(msg) from None
@@ -844,6 +1010,10 @@ def cmd_stream(args, settings: Settings) -> int:
     if args.duration is not None and not args.duration > 0:
         from propensity.cli import UsageError
         raise UsageError(f"--duration={args.duration}: expected seconds > 0")
+    try: check_layout(StreamPaths.of(d), cfg)
+    except ValueError as e:
+        from propensity.cli import UsageError
+        raise UsageError(str(e)) from None
     s = run_stream(d, settings, cfg, duration=args.duration, until_idle=args.until_idle, progress=not args.quiet)
     print(f"stream job stopped ({s['stopped_by']}) after {s['seconds']:.1f} s: {s['batches']} batches, "
           f"{s['input_rows']:,} input rows, {s['rejected']:,} rejected, {s['late_dropped']:,} late, "
@@ -867,6 +1037,10 @@ def add_stream_args(p) -> None:
     p.add_argument("--partitions", type=int, default=2, help="state partitions (fixed once the checkpoint exists)")
     p.add_argument("--api", choices=["pandas", "rows"], default="pandas",
                    help="transformWithStateInPandas (default) or the row-based transformWithState (fixed once the checkpoint exists)")
+    p.add_argument("--state", choices=["buckets", "sessions"], default="buckets",
+                   help="state keyed by hash buckets of session ids (default: a few state calls per bucket and batch) or "
+                        "by session (state calls per session); fixed once the checkpoint exists")
+    p.add_argument("--buckets", type=int, default=64, help="with --state buckets: number of buckets (fixed once the checkpoint exists)")
     p.add_argument("--no-dedup", action="store_true",
                    help="no dropDuplicatesWithinWatermark step (the fold still skips seen event ids); fixed once the checkpoint exists")
     p.add_argument("--reset", action="store_true", help="start over: delete the checkpoint, metrics, dead-letter folder and stream offline rows first")

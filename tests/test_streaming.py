@@ -20,7 +20,7 @@ from propensity.feast_repo import VIEWS, apply, decode_value, feature_store, fie
 from propensity.features import features_of
 from propensity.livestream import dead_letter_key, publish
 from propensity.streaming import (EV_COLUMNS, SESSION_FEATURES, StreamConfig, StreamPaths, committed_offset,
-                                  landing_lines, read_metrics, replay, run_stream, status)
+                                  decode_bucket, landing_lines, read_metrics, replay, run_stream, status)
 
 HOURS = 4          # replayed slice of the simulated day (event time)
 FEATS = features_of("session", "state")
@@ -180,9 +180,9 @@ def test_bounded_state_and_crash_restart(world, tmp_path, redis_url, redis_clien
     assert all(last[s] + gap <= wm for s in evicted)   # timed out: the watermark passed latest event + timeout
     assert all(last[s] + gap > wm for s in active)     # still open
     st = spark.read.format("statestore").option("path", str(StreamPaths.of(ref_dir).checkpoint)) \
-        .option("operatorId", 0).option("stateVarName", "session").load()
-    keys = {r[0][0] for r in st.select("key").collect()}
-    assert keys == active
+        .option("operatorId", 0).option("stateVarName", "bucket").load()   # bucketed state (the default)
+    keys = [sid for r in st.select("value").collect() for sid in decode_bucket(r[0]["sessions"])]
+    assert len(keys) == len(set(keys)) and set(keys) == active
 
     # --- the crashed run: a subprocess killed with SIGKILL mid-stream, then restarted -------------------------
     crash_dir = tmp_path / "crash"; crash_dir.mkdir()
@@ -217,7 +217,8 @@ def test_bounded_state_and_crash_restart(world, tmp_path, redis_url, redis_clien
 
 
 def test_file_source(world, tmp_path, redis_url, redis_client, spark):
-    "The landing folder as the source: same features as the batch fold, malformed lines in the dead-letter folder."
+    """The landing folder as the source: same features as the batch fold, malformed lines in the dead-letter folder.
+    (Run with the per-session state, `state="sessions"`, so that mode keeps its check against the batch fold.)"""
     import shutil
     files = sorted((world / "events").glob("dt=*/part-*.jsonl"))[:3]
     for f in files:
@@ -225,7 +226,7 @@ def test_file_source(world, tmp_path, redis_url, redis_client, spark):
         shutil.copy(f, tmp_path / "events" / f.parent.name / f.name)
     lines = [l.rstrip(b"\n") for f in files for l in f.read_bytes().splitlines() if l.strip()]
     s = settings_for(redis_url, tmp_path, "files")
-    out = run_stream(tmp_path, s, StreamConfig(source="files", lateness_minutes=600), until_idle=True, spark=spark, progress=False)
+    out = run_stream(tmp_path, s, StreamConfig(source="files", lateness_minutes=600, state="sessions"), until_idle=True, spark=spark, progress=False)
     assert out["input_rows"] == len(lines) and out["late_dropped"] == 0
     dead = [json.loads(l) for f in StreamPaths.of(tmp_path).dead_letter_dir.glob("*.jsonl") for l in f.read_text().splitlines()]
     bad = malformed_ids(world)
