@@ -45,7 +45,7 @@ class StreamConfig:
     api: str = "pandas"                 # pandas: transformWithStateInPandas | rows: transformWithState (Row-based)
     dedup: bool = True                  # dropDuplicatesWithinWatermark(event_id) before the state (the fold also skips seen ids)
     state: str = "buckets"              # buckets: one state value per hash bucket of session ids | sessions: one per session
-    buckets: int = 64                   # with state="buckets": number of buckets (fixed by the checkpoint)
+    buckets: int = 256                  # with state="buckets": number of buckets (fixed by the checkpoint)
 
     def __post_init__(self):
         if self.source not in ("redis", "files"): raise ValueError(f"source={self.source!r}: expected 'redis' or 'files'")
@@ -1040,7 +1040,7 @@ def add_stream_args(p) -> None:
     p.add_argument("--state", choices=["buckets", "sessions"], default="buckets",
                    help="state keyed by hash buckets of session ids (default: a few state calls per bucket and batch) or "
                         "by session (state calls per session); fixed once the checkpoint exists")
-    p.add_argument("--buckets", type=int, default=64, help="with --state buckets: number of buckets (fixed once the checkpoint exists)")
+    p.add_argument("--buckets", type=int, default=256, help="with --state buckets: number of buckets (fixed once the checkpoint exists)")
     p.add_argument("--no-dedup", action="store_true",
                    help="no dropDuplicatesWithinWatermark step (the fold still skips seen event ids); fixed once the checkpoint exists")
     p.add_argument("--reset", action="store_true", help="start over: delete the checkpoint, metrics, dead-letter folder and stream offline rows first")
