@@ -419,6 +419,14 @@ def _pylist(col):
     "Python values with None for every kind of missing (the batch job's conversion)."
     return col.tolist() if not col.hasnans else col.astype(object).where(col.notna(), None).tolist()
 
+def _frame_events(frames):
+    "A key's input DataFrames (transformWithStateInPandas) -> (the one frame, its events as the fold's dicts)."
+    import pandas as pd
+    frames = list(frames)
+    pdf = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+    data = {k: _pylist(pdf[c]) for k, c in zip(EV_KEYS, EV_COLUMNS)}
+    return pdf, [dict(zip(EV_KEYS, v)) for v in zip(*(data[k] for k in EV_KEYS))]
+
 def _processor_class(api: str = "pandas"):
     "The processor class for `transformWithStateInPandas` (`api='pandas'`) or the row-based `transformWithState` (`'rows'`)."
     if api in _PROCESSOR: return _PROCESSOR[api]
@@ -456,10 +464,7 @@ def _processor_class(api: str = "pandas"):
 
         if api == "pandas":
             def handleInputRows(self, key, rows, timerValues):
-                frames = list(rows)
-                pdf = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
-                data = {k: _pylist(pdf[c]) for k, c in zip(EV_KEYS, EV_COLUMNS)}
-                events = [dict(zip(EV_KEYS, v)) for v in zip(*(data[k] for k in EV_KEYS))]
+                pdf, events = _frame_events(rows)
                 out = self._step(key[0], events, pdf["arrival_ms"].tolist())
                 if out: yield pd.DataFrame.from_records(out, columns=cols)
 
@@ -557,10 +562,7 @@ def _bucket_processor_class(api: str = "pandas"):
 
         if api == "pandas":
             def handleInputRows(self, key, rows, timerValues):
-                frames = list(rows)
-                pdf = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
-                data = {k: _pylist(pdf[c]) for k, c in zip(EV_KEYS, EV_COLUMNS)}
-                events = [dict(zip(EV_KEYS, v)) for v in zip(*(data[k] for k in EV_KEYS))]
+                pdf, events = _frame_events(rows)
                 out = self._apply(key[0], pdf["session_id"].tolist(), events, pdf["arrival_ms"].tolist(),
                                   timerValues.getCurrentWatermarkInMs())
                 yield pd.DataFrame.from_records(out, columns=cols)
