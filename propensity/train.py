@@ -22,8 +22,8 @@ import pandas as pd
 from .features import model_features
 
 # %% auto #0
-__all__ = ['DAY_MS', 'BASE_PARAMS', 'DEFAULT_ECONOMICS', 'TrainConfig', 'time_split', 'downsample', 'Encoder', 'fit_booster',
-           'search', 'train_pipeline', 'save_run']
+__all__ = ['DAY_MS', 'BASE_PARAMS', 'DEFAULT_ECONOMICS', 'TrainConfig', 'time_split', 'downsample', 'Encoder', 'datasets',
+           'fit_booster', 'session_sample', 'search', 'train_pipeline', 'save_run']
 
 # %% ../nbs/12_train.ipynb #84e33b13
 @dataclass(frozen=True)
@@ -38,11 +38,15 @@ class TrainConfig:
     early_stopping: int = 50
     seed: int = 42
     num_threads: int = 2
+    hpo_max_rows: int = 600_000       # training rows a trial sees at most (whole sessions, sampled by id); 0 = all
+    hpo_max_val_rows: int = 300_000   # validation rows a trial is judged on at most (likewise); the final fit uses all
     until: str | None = None          # last UTC day (YYYY-MM-DD) used; later rows are left out (monitoring, recalibration)
 
     def __post_init__(self):
         if not 0 < self.negative_keep <= 1: raise ValueError(f"negative_keep={self.negative_keep}: expected a share in (0, 1]")
         if self.n_trials < 1: raise ValueError(f"n_trials={self.n_trials}: expected at least 1")
+        for k in ("hpo_max_rows", "hpo_max_val_rows"):
+            if getattr(self, k) < 0: raise ValueError(f"{k}={getattr(self, k)}: expected 0 (all rows) or a row count")
         if self.until is not None:
             try: date.fromisoformat(self.until)
             except (TypeError, ValueError): raise ValueError(f"until={self.until!r}: expected a UTC day YYYY-MM-DD") from None
@@ -125,15 +129,30 @@ class Encoder:
 BASE_PARAMS = dict(objective="binary", metric="average_precision", verbosity=-1, feature_pre_filter=False,
                    deterministic=True, force_col_wise=True)
 
-def fit_booster(params: dict, X: pd.DataFrame, y: np.ndarray, w: np.ndarray, Xv: pd.DataFrame, yv: np.ndarray,
-                cfg: TrainConfig, callbacks: list | None = None) -> lgb.Booster:
-    "Train one booster with early stopping on the validation rows."
+def datasets(X: pd.DataFrame, y: np.ndarray, w: np.ndarray, Xv: pd.DataFrame, yv: np.ndarray, cfg: TrainConfig):
+    "LightGBM training (rows of weight 0 left out) and validation datasets, binned once: trials share them."
     keep = w > 0
-    dtrain = lgb.Dataset(X[keep], y[keep], weight=w[keep], free_raw_data=False)
-    dval = lgb.Dataset(Xv, yv, reference=dtrain)
+    base = {**BASE_PARAMS, "seed": cfg.seed, "num_threads": cfg.num_threads}
+    dtrain = lgb.Dataset(X[keep], y[keep], weight=w[keep], params=base, free_raw_data=True).construct()
+    return dtrain, lgb.Dataset(Xv, yv, reference=dtrain, params=base).construct()
+
+def _fit(params: dict, dtrain, dval, cfg: TrainConfig, callbacks: list | None = None) -> lgb.Booster:
     p = {**BASE_PARAMS, "seed": cfg.seed, "num_threads": cfg.num_threads, **params}
     return lgb.train(p, dtrain, num_boost_round=cfg.max_rounds, valid_sets=[dval], valid_names=["val"],
                      callbacks=[lgb.early_stopping(cfg.early_stopping, verbose=False), *(callbacks or [])])
+
+def fit_booster(params: dict, X: pd.DataFrame, y: np.ndarray, w: np.ndarray, Xv: pd.DataFrame, yv: np.ndarray,
+                cfg: TrainConfig, callbacks: list | None = None) -> lgb.Booster:
+    "Train one booster with early stopping on the validation rows."
+    return _fit(params, *datasets(X, y, w, Xv, yv, cfg), cfg, callbacks)
+
+def session_sample(session_ids, max_rows: int) -> np.ndarray:
+    """Row mask keeping whole sessions, about `max_rows` rows (all rows when there are fewer, or `max_rows` is 0).
+    A session is kept when a hash of its id falls under the share: the same sessions in every run."""
+    ids = pd.Series(np.asarray(session_ids, dtype=object))
+    if not max_rows or len(ids) <= max_rows: return np.ones(len(ids), bool)
+    u = pd.util.hash_pandas_object(ids, index=False).to_numpy() / 2.0**64
+    return u < max_rows / len(ids)
 
 # %% ../nbs/12_train.ipynb #0b7e266b
 def _space(trial: optuna.Trial, spw0: float) -> dict:
@@ -170,10 +189,11 @@ def search(X, y, w, Xv, yv, cfg: TrainConfig, storage: str | None = None, study_
         study.enqueue_trial(dict(num_leaves=63, max_depth=8, min_data_in_leaf=100, learning_rate=0.05,
                                  feature_fraction=0.8, bagging_fraction=0.8, lambda_l1=0.01, lambda_l2=0.01,
                                  scale_pos_weight=spw0))
+    dtrain, dval = datasets(X, y, w, Xv, yv, cfg)
     def objective(trial):
         params = _space(trial, spw0)
         t = time.perf_counter()
-        b = fit_booster(params, X, y, w, Xv, yv, cfg, callbacks=[_pruning(trial)])
+        b = _fit(params, dtrain, dval, cfg, callbacks=[_pruning(trial)])
         trial.set_user_attr("rounds", int(b.best_iteration))
         trial.set_user_attr("seconds", round(time.perf_counter() - t, 2))
         return float(b.best_score["val"]["average_precision"])
@@ -212,7 +232,10 @@ def train_pipeline(data_dir: str | Path, cfg: TrainConfig = TrainConfig(), *, pr
     window = {k: [days[m].min(), days[m].max()] for k, m in masks.items()}
     (d / "models").mkdir(parents=True, exist_ok=True)
     clock = {"prepare": round(time.perf_counter() - t0, 2)}; t = time.perf_counter()
-    study = search(X[tm], y[tm], w[tm], X[vm], y[vm], cfg, f"sqlite:///{d / 'models' / 'optuna.db'}",
+    # the trials see a sample of whole sessions when the weeks are large; the final fit sees every row
+    ht = np.flatnonzero(tm)[session_sample(tr["session_id"][tm], cfg.hpo_max_rows)]
+    hv = np.flatnonzero(vm)[session_sample(tr["session_id"][vm], cfg.hpo_max_val_rows)]
+    study = search(X.iloc[ht], y[ht], w[ht], X.iloc[hv], y[hv], cfg, f"sqlite:///{d / 'models' / 'optuna.db'}",
                    f"propensity-{spec_hash()}-{window['train'][0]}-{window['test'][1]}", progress)
     clock["hpo"] = round(time.perf_counter() - t, 2); t = time.perf_counter()
     best = dict(study.best_trial.params, bagging_freq=1)
@@ -263,7 +286,7 @@ def train_pipeline(data_dir: str | Path, cfg: TrainConfig = TrainConfig(), *, pr
                 metrics=metrics, oracle=oracle, calibrator=choice.reset_index().to_dict("records"),
                 segment_adjustments=adjuster.report().to_dict("records"), bands=bands, window=window,
                 study=study.study_name, trials=len(study.trials), best_val_pr_auc=float(study.best_value), rounds=int(booster.best_iteration),
-                rows={k: int(m.sum()) for k, m in masks.items()}, seconds=round(time.perf_counter() - t0, 1),
+                rows={k: int(m.sum()) for k, m in masks.items()}, hpo_rows=dict(train=len(ht), val=len(hv)), seconds=round(time.perf_counter() - t0, 1),
                 features=len(enc.features), stage_seconds={**clock, "evaluate_and_register": round(time.perf_counter() - t, 2)})
     summary["run_dir"] = str(save_run(d, summary, booster, enc, val.assign(raw=raw_v, score=p_v),
                                       test.assign(raw=raw_t, score=p_t), X[sm], study))
