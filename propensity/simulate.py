@@ -61,8 +61,8 @@ class Profile:
             if getattr(self, k) < 1: raise ValueError(f"{k}={getattr(self, k)}: expected at least 1")
 
 PROFILES = {
-    "small": Profile("small", n_users=20_000, n_products=3_000, daily_sessions=4_000),
-    "seed": Profile("seed", n_users=300_000, n_products=75_000, daily_sessions=68_000, intercept=-6.45),
+    "small": Profile("small", n_users=20_000, n_products=3_000, daily_sessions=4_000, intercept=-6.0),
+    "seed": Profile("seed", n_users=300_000, n_products=75_000, daily_sessions=68_000, intercept=-6.1),
 }
 
 @dataclass(frozen=True)
@@ -328,6 +328,8 @@ TRUTH = Contract("session_truth", (
     Field("kind", "string", required=True, allowed=("human", "bot", "bounce")),
     Field("start_time", "timestamp_ms", required=True),
     Field("end_time", "timestamp_ms", required=True),
+    Field("decision_time", "timestamp_ms", required=True, doc="The decision moment, 1 ms after the last browsing "
+          "event: `p_true` is the purchase probability given the latent state at this moment."),
     Field("n_events", "int64", required=True),
     Field("device", "string", required=True), Field("country", "string", required=True),
     Field("traffic_source", "string", required=True), Field("referrer", "string"),
@@ -393,7 +395,7 @@ def simulate_day(world: World, day: int) -> Day:
         seg = {"device": device, "country": country, "traffic_source": source}[world.drift.column]
         drifted = ~bot & (seg == world.drift.value)
     v0 = (shp.intent[hu] + dev_eff + src_eff + ctry_eff + 0.35 * returning + 0.30 * logged_in
-          + HOUR_EFFECT[hour] + WEEKEND_EFFECT * weekend + rng.normal(0, 0.45, n))
+          + HOUR_EFFECT[hour] + WEEKEND_EFFECT * weekend + rng.normal(0, 0.35, n))
     v0 = v0 + np.where(drifted, world.drift.shift if world.drift else 0.0, 0.0)
     u0 = p.intercept + v0
     # ---- humans: browse steps ---------------------------------------------------------
@@ -423,7 +425,7 @@ def simulate_day(world: World, day: int) -> Day:
     prod = np.where(isprod, prod, -1)
     # intent walk
     v_prod = np.where(isprod, 0.10 * (cat.pop[np.maximum(prod, 0)] > np.quantile(cat.pop, 0.9)), 0.0)
-    incr = rng.normal(-0.02, 0.22, T) + v_prod
+    incr = rng.normal(-0.02, 0.12, T) + v_prod
     ut = u0[hum][ss] + _seg_cumsum(incr, ss, nh)
     vt = ut - p.intercept
     add = isprod & (rng.random(T) < sigmoid(ADD_BASE + 1.0 * vt))
@@ -502,12 +504,12 @@ def simulate_day(world: World, day: int) -> Day:
     _rows(bnc, 0, np.zeros(len(bnc), int), 0, HEARTBEAT, neg(len(bnc)), np.zeros(len(bnc), int), neg(len(bnc)))
     es, ephase, epos, esub, etype, eprod, eqty, eqry, eiv = (np.concatenate(c) for c in zip(*rows))
     o = np.lexsort((esub, epos, ephase, es))
-    es, etype, eprod, eqty, eqry, eiv = es[o], etype[o], eprod[o], eqty[o], eqry[o], eiv[o]
+    es, ephase, etype, eprod, eqty, eqry, eiv = es[o], ephase[o], etype[o], eprod[o], eqty[o], eqry[o], eiv[o]
     m = len(es)
     # ---- timing: dwell after each event, by type (seconds, log-normal) ----------------------
     med = np.array([14, 10, 30, 8, 6, 20, 90, 0.001, 25], float)[etype]
     sd = np.array([0.7, 0.6, 0.8, 0.5, 0.5, 0.6, 0.5, 0.0, 0.4])[etype]
-    dwell = med * np.exp(sd * rng.normal(0, 1, m) + np.where(etype == PRODV, 0.15 * eiv, 0.0))
+    dwell = med * np.exp(sd * rng.normal(0, 1, m) + np.where(etype == PRODV, 0.35 * eiv, 0.0))
     dwell = np.where(kind[es] == 1, rng.lognormal(np.log(0.7), 0.5, m), dwell)
     nxt_purchase = np.concatenate([etype[1:] == PURCHASE, [False]]) & (etype == PURCHASE)
     dwell = np.where(nxt_purchase, 0.001, dwell)  # lines of one order share the moment
@@ -517,6 +519,9 @@ def simulate_day(world: World, day: int) -> Day:
     n_ev = np.bincount(es, minlength=n)
     last = np.concatenate([_starts(es, n)[1:], [m]]) - 1
     end_time = etime[last]
+    browsing = ephase <= 1  # the decision moment: 1 ms after the last landing or browsing event
+    decision_time = np.full(n, np.iinfo(np.int64).min); np.maximum.at(decision_time, es[browsing], etime[browsing])
+    decision_time = np.where(decision_time > np.iinfo(np.int64).min, decision_time, end_time) + 1
     has_prod = np.bincount(es[np.isin(etype, [PRODV, ADD, REMOVE, PURCHASE])], minlength=n) > 0
     # ---- canonical order: by event time (then session) ------------------------------------
     o = np.lexsort((es, etime))
@@ -563,7 +568,7 @@ def simulate_day(world: World, day: int) -> Day:
     truth = pd.DataFrame(dict(
         session_id=session_id, user_id=np.where(bot, None, shp.users.user_id.to_numpy()[hu]),
         anonymous_id=anonymous_id, kind=np.array(["human", "bot", "bounce"], object)[kind],
-        start_time=start, end_time=end_time, n_events=n_ev, device=device, country=country,
+        start_time=start, end_time=end_time, decision_time=decision_time, n_events=n_ev, device=device, country=country,
         traffic_source=source, referrer=referrer, logged_in=logged_in, returning=returning,
         hour=hour.astype("int64"), weekend=np.full(n, weekend), eligible=(kind == 0) & has_prod,
         intent_start=u0, intent_end=np.where(kind == 0, uend, u0), p_true=pt, p_incentive=pinc, uplift=pinc - pt,
@@ -811,8 +816,9 @@ def _progress(show: bool, days: int, name: str):
     return cb
 
 def load_truth(out: str | Path) -> pd.DataFrame:
-    "The ground truth of every session of a simulated world."
-    return read_table(Path(out) / "truth" / "sessions", TRUTH)
+    "The ground truth of every session of a simulated world (columns a world from an older simulator lacks are absent)."
+    t = read_table(Path(out) / "truth" / "sessions")
+    return t[[c for c in TRUTH.columns if c in t.columns]]
 
 # %% ../nbs/04_simulate.ipynb #6404456d
 SEGMENTS = ("device", "country", "traffic_source")
