@@ -23,7 +23,7 @@ from .features import model_features
 
 # %% auto #0
 __all__ = ['DAY_MS', 'BASE_PARAMS', 'DEFAULT_ECONOMICS', 'TrainConfig', 'time_split', 'downsample', 'Encoder', 'datasets',
-           'fit_booster', 'session_sample', 'search', 'train_pipeline', 'save_run']
+           'fit_booster', 'session_sample', 'search', 'decision_points', 'train_pipeline', 'save_run']
 
 # %% ../nbs/12_train.ipynb #84e33b13
 @dataclass(frozen=True)
@@ -212,6 +212,64 @@ def _half(session_ids: pd.Series) -> np.ndarray:
 def _segments(df: pd.DataFrame) -> pd.DataFrame:
     return df[["device", "country", "traffic_source"]].reset_index(drop=True)
 
+def decision_points(d: str | Path, days: tuple[str, str], max_sessions: int = 50_000,
+                    inactivity_minutes: float = 30.0) -> pd.DataFrame:
+    """The oracle's moment, for a simulated world: one row per human session starting on `days` (first, last; UTC)
+    with a product view before its decision moment (the truth's `decision_time`, 1 ms after the last browsing event,
+    where the simulator fixes `p_true`); at most `max_sessions`, sampled by session id. Each row holds the model's
+    features at that moment, as the training set builds them at a scoring point (the fold over the session's
+    events strictly before it, from `tables/events`; the user and product snapshots of that day from `offline/`;
+    the spec's defaults), the segments, `label` and `p_true`. No scoring policy chooses the moment and nothing after
+    it selects the session, so the model and the oracle are compared on equal terms."""
+    import pyarrow.compute as pc, pyarrow.dataset as ds
+    from propensity.contracts import read_table
+    from propensity.features import SessionState, at_time
+    from propensity.simulate import load_truth
+    d = Path(d)
+    lo, hi = (int(pd.Timestamp(x, tz="UTC").value // 1_000_000) for x in days)
+    t = load_truth(d)
+    if "decision_time" not in t: return pd.DataFrame()  # a world from a simulator that did not record the moment
+    t = t[(t.kind == "human") & (t.start_time >= lo) & (t.start_time < hi + DAY_MS)].reset_index(drop=True)
+    t = t[session_sample(t.session_id, max_sessions)].set_index("session_id")
+    cols = ["event_id", "event_type", "event_time", "product_id", "category", "price", "quantity", "device", "country",
+            "traffic_source", "user_id", "session_id"]
+    ev = (ds.dataset(d / "tables" / "events", partitioning="hive")
+          .to_table(columns=cols, filter=pc.field("session_id").isin(t.index.to_list())).to_pandas())
+    ev = ev[ev.event_time.to_numpy() < t.decision_time.reindex(ev.session_id).to_numpy()]
+    ev = ev.drop_duplicates(["session_id", "event_id"]).sort_values(["session_id", "event_time", "event_id"], kind="stable")
+    keys = ("event_id", "event_type", "t", "product_id", "category", "price", "quantity", "device", "country",
+            "traffic_source", "user_id")
+    ev = ev.rename(columns={"event_time": "t"}).astype({"quantity": object})
+    ev = ev.astype(object).where(ev.notna(), None)
+    gap = inactivity_minutes * 60_000; rows = []
+    for sid, g in ev.groupby("session_id", sort=False):
+        evs = [dict(zip(keys, v)) for v in zip(*(g[k].tolist() for k in keys))]
+        cut = max([0] + [i for i in range(1, len(evs)) if evs[i]["t"] - evs[i - 1]["t"] > gap])
+        evs = evs[cut:]  # the part of the session the decision belongs to (the batch job's inactivity rule)
+        if not any(e["event_type"] == "product_view" for e in evs): continue
+        st = SessionState()
+        for e in evs: st.update(**e)
+        now = int(t.decision_time[sid])
+        uid = next((e["user_id"] for e in reversed(evs) if e["user_id"] is not None), None)
+        rows.append({"session_id": sid, "event_timestamp": now, "user_id": uid, "product_id": st.current_product,
+                     **at_time(st.features(), now)})
+    out = pd.DataFrame(rows)
+    if not len(out): return out
+    out["dt"] = pd.to_datetime(out.event_timestamp, unit="ms", utc=True).dt.strftime("%Y-%m-%d")
+    for entity, key in (("user", "user_id"), ("product", "product_id")):
+        path = d / "offline" / f"{entity}_features"
+        if not path.exists(): continue
+        snap = ds.dataset(path, partitioning="hive").to_table(filter=pc.field("dt").isin(sorted(out.dt.unique()))).to_pandas()
+        snap = snap.drop(columns=["event_timestamp"]).assign(dt=lambda x: x.dt.astype(str))
+        out = out.merge(snap, on=[key, "dt"], how="left")
+    for f in model_features():
+        col = out[f.name] if f.name in out else pd.Series([None] * len(out), index=out.index, dtype=object)
+        col = col.astype(object).where(col.notna(), f.default)
+        out[f.name] = col.astype({"int64": "int64", "float64": "float64", "string": object, "bool": bool}[f.dtype])
+    out = out.assign(device=out.sess_device, country=out.sess_country, traffic_source=out.sess_traffic_source)
+    truth = t.reindex(out.session_id)
+    return out.assign(label=truth.label.to_numpy(), p_true=truth.p_true.to_numpy())
+
 def train_pipeline(data_dir: str | Path, cfg: TrainConfig = TrainConfig(), *, promote: bool = True,
                    economics: dict | None = None, gates: dict | None = None, progress: bool = False) -> dict:
     """Train, calibrate, evaluate, gate and register a model from `data_dir`; returns the run's summary.
@@ -261,13 +319,15 @@ def train_pipeline(data_dir: str | Path, cfg: TrainConfig = TrainConfig(), *, pr
             o = evaluate(y[sm], pt)
             oracle = dict(pr_auc=o["pr_auc"], brier=o["brier"], pr_auc_ratio=metrics["pr_auc"] / o["pr_auc"],
                           brier_ratio=metrics["brier"] / o["brier"])
-            # p_true is the probability at the simulator's decision moment: the fair comparison is each session's
-            # last scoring moment before it (earlier moments know less than the oracle does)
-            last = pd.DataFrame({"s": test["session_id"], "y": y[sm], "p": p_t, "o": pt}).groupby("s", sort=False).tail(1)
-            ms, os_ = evaluate(last["y"], last["p"]), evaluate(last["y"], last["o"])
-            oracle["session"] = dict(n=int(len(last)), pr_auc=ms["pr_auc"], brier=ms["brier"], ece=ms["ece"],
-                                     oracle_pr_auc=os_["pr_auc"], oracle_brier=os_["brier"],
-                                     pr_auc_ratio=ms["pr_auc"] / os_["pr_auc"], brier_ratio=ms["brier"] / os_["brier"])
+            # p_true is the probability at the simulator's decision moment: the fair comparison scores every test-week
+            # session at that moment (scoring points know less than the oracle before it and more after it)
+            dp = decision_points(d, tuple(window["test"]))
+            if len(dp) and dp.label.nunique() == 2:
+                p_d = adjuster.transform(calibrator.predict(booster.predict(enc.transform(dp))), _segments(dp))
+                md, od = evaluate(dp.label.astype(int), p_d), evaluate(dp.label.astype(int), dp.p_true)
+                oracle["decision"] = dict(n=int(len(dp)), positives=int(dp.label.sum()), pr_auc=md["pr_auc"], brier=md["brier"],
+                                          ece=md["ece"], oracle_pr_auc=od["pr_auc"], oracle_brier=od["brier"],
+                                          pr_auc_ratio=md["pr_auc"] / od["pr_auc"], brier_ratio=md["brier"] / od["brier"])
     econ = dict(DEFAULT_ECONOMICS, **(economics or {}))
     if "aov" not in econ:
         orders = d / "tables" / "orders.parquet"

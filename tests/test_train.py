@@ -30,6 +30,8 @@ def test_strict_gates_refuse_and_register_nothing(world):
     assert m["pr_auc"] > 2 * m["base_rate"]                    # far better than chance
     assert m["ece"] < m["raw"]["ece"]                          # calibration helped
     assert s["oracle"] and 0 < s["oracle"]["pr_auc_ratio"] < 1.5
+    dm = s["oracle"]["decision"]                                # every test session scored at the oracle's moment
+    assert dm["n"] > 1000 and dm["positives"] > 20 and 0 < dm["pr_auc_ratio"] < 1.5 and dm["brier_ratio"] > 0.5
     # the study is stored: the same window resumes it instead of starting over
     study = optuna.load_study(study_name=s["study"], storage=f"sqlite:///{world / 'models' / 'optuna.db'}")
     assert len(study.trials) == 3
@@ -58,3 +60,35 @@ def test_relaxed_gates_register_promote_and_reproduce(world):
                                {k: row[k] for k in ("device", "country", "traffic_source")})
     assert one == pytest.approx(p[0], abs=1e-9)
     assert s["bands"]["thresholds"]["high"] > s["bands"]["thresholds"]["medium"]
+
+
+def test_decision_points_hold_the_training_sets_features_at_that_moment(world):
+    """At the decision moment a session's features are those the batch job gives a scoring point at the same place:
+    where a cart view is the first event after the decision moment, its scoring point sees exactly the same events."""
+    import pandas as pd
+    from propensity.features import features_of
+    from propensity.simulate import load_truth
+    from propensity.train import decision_points
+    tr = read_table(world / "training" / "training_set")
+    tr = tr[time_split(tr, CFG)["test"]]
+    days = pd.to_datetime(tr.event_timestamp, utc=True).dt.strftime("%Y-%m-%d")
+    dp = decision_points(world, (days.min(), days.max())).set_index("session_id")
+    truth = load_truth(world).set_index("session_id")
+    assert len(dp) > 1000 and dp.label.sum() > 20
+    assert (dp.event_timestamp == truth.decision_time.reindex(dp.index)).all()
+    assert dp.p_true.equals(truth.p_true.reindex(dp.index)) and dp.label.equals(truth.label.reindex(dp.index))
+    ev = read_table(world / "tables" / "events")[["session_id", "event_id", "event_time"]]
+    after = ev[ev.event_time.to_numpy() >= truth.decision_time.reindex(ev.session_id).to_numpy()]
+    first_after = after.groupby("session_id").event_time.min()
+    bad = read_table(world / "truth" / "delivery").query("kind == 'malformed'").event_id.str.split("-m").str[0]
+    spoiled = set(ev[ev.event_id.isin(set(bad))].session_id)
+    cv = tr[tr.trigger == "cart_view"].assign(ms=lambda x: x.event_timestamp.astype("datetime64[ms, UTC]").astype("int64"))
+    cv = cv[cv.session_id.isin(dp.index) & ~cv.session_id.isin(spoiled)]
+    cv = cv[cv.ms.to_numpy() == first_after.reindex(cv.session_id).to_numpy()].set_index("session_id")
+    assert len(cv) >= 30, len(cv)
+    feats = [f.name for f in features_of("session", "state") + features_of("user", "state") + features_of("product", "state")
+             if f.name in cv.columns]
+    got, want = dp.loc[cv.index, feats], cv[feats]
+    for f in feats:
+        same = (got[f].to_numpy() == want[f].to_numpy()) | (pd.isna(got[f]).to_numpy() & pd.isna(want[f]).to_numpy())
+        assert same.all(), f"{f}: {(~same).sum()} of {len(same)} sessions differ"
