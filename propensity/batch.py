@@ -25,8 +25,8 @@ from .features import (FEATURES, Eligibility, ScoringPolicy, SessionState, at_ti
 
 # %% auto #0
 __all__ = ['SPARK_DEFAULTS', 'DAY_MS', 'TRAINING_KEYS', 'SEGMENT_COLUMNS', 'spark_session', 'BatchConfig', 'read_events',
-           'pass_schema', 'fold_sessions', 'label_sessions', 'user_snapshots', 'product_snapshots', 'training_set',
-           'run_batch']
+           'pass_schema', 'fold_sessions', 'label_sessions', 'user_snapshots', 'product_daily', 'product_snapshots',
+           'training_set', 'run_batch']
 
 # %% ../nbs/06_batch.ipynb #b01bc6d4
 SPARK_DEFAULTS = {
@@ -177,21 +177,56 @@ def fold_sessions(pdf: pd.DataFrame, cfg: BatchConfig) -> list[dict]:
         start = i
     return out
 
+_PASS_EXTRA = ("day", "views", "carts", "units", "duplicates")  # product_day and stats rows of the Spark pass
+_PRODUCT_DAY_TYPES = ("product_view", "add_to_cart", "purchase")
+_PASS_INPUT = ("session_id", "anonymous_id", "event_id", "event_type", "event_time", "product_id", "category", "price",
+               "quantity", "device", "country", "traffic_source", "user_id")  # the event columns the pass reads
+
+def _pass_rows_schema():
+    "`pass_schema` plus the columns of the Spark pass's other rows (kind = product_day | stats)."
+    from pyspark.sql import types as T
+    return T.StructType(pass_schema().fields + [T.StructField(n, T.LongType()) for n in _PASS_EXTRA])
+
+def _product_days(pdf: pd.DataFrame) -> list[dict]:
+    "Product views, cart adds and purchased units per (product, UTC day) of a frame of de-duplicated events."
+    et = pdf["event_type"]
+    m = (pdf["product_id"].notna() & et.isin(_PRODUCT_DAY_TYPES)).to_numpy()
+    if not m.any(): return []
+    et = et[m].to_numpy()
+    g = pd.DataFrame({"product_id": pdf["product_id"].to_numpy()[m],
+                      "day": pdf["event_time"].to_numpy()[m].astype("int64") // 86_400_000,
+                      "views": (et == "product_view").astype("int64"), "carts": (et == "add_to_cart").astype("int64"),
+                      "units": np.where(et == "purchase", pdf["quantity"][m].fillna(1).to_numpy(), 0).astype("int64")}
+                     ).groupby(["product_id", "day"], sort=False).sum()
+    return [{"kind": "product_day", "product_id": p, "day": d, "views": v, "carts": c, "units": u}
+            for (p, d), v, c, u in zip(g.index.tolist(), g["views"].tolist(), g["carts"].tolist(), g["units"].tolist())]
+
 def _fold_partition(cfg: BatchConfig):
-    names = [f.name for f in pass_schema().fields]
+    """mapInPandas over a partition sorted by session, time, event id: drops duplicate deliveries (the first of each
+    (session_id, event_id) in that order stays), folds the sessions, and adds the product-day counts of the
+    de-duplicated events and one `stats` row (events kept, duplicates dropped) per frame."""
+    fields = _pass_rows_schema().fields
+    names = [f.name for f in fields]
+    objs = [f.name for f in fields if f.dataType.typeName() in ("string", "boolean")]
+    def frame(pdf):
+        n = len(pdf)
+        pdf = pdf.drop_duplicates(["session_id", "event_id"]).reset_index(drop=True)
+        rows = fold_sessions(pdf, cfg) + _product_days(pdf)
+        rows.append({"kind": "stats", "n_events": len(pdf), "duplicates": n - len(pdf)})
+        df = pd.DataFrame.from_records(rows, columns=names)
+        for c in objs:  # a column with no value in this frame comes out as float NaN: Arrow wants objects
+            if df[c].dtype != object: df[c] = pd.Series([None] * len(df), dtype=object)
+        return df
     def run(it):
         carry = None
         for pdf in it:
             if carry is not None: pdf = pd.concat([carry, pdf], ignore_index=True)
             if not len(pdf): continue
-            last = pdf["session_id"].iat[-1]
-            tail = (pdf["session_id"] == last).to_numpy()
-            carry, done = pdf[tail], pdf[~tail]
-            rows = fold_sessions(done, cfg)
-            if rows: yield pd.DataFrame.from_records(rows, columns=names)
-        if carry is not None and len(carry):
-            rows = fold_sessions(carry.reset_index(drop=True), cfg)
-            if rows: yield pd.DataFrame.from_records(rows, columns=names)
+            sids = pdf["session_id"].to_numpy(); k = len(sids) - 1
+            while k > 0 and sids[k - 1] == sids[-1]: k -= 1  # the tail session starts at k
+            carry, done = pdf.iloc[k:], pdf.iloc[:k]
+            if len(done): yield frame(done)
+        if carry is not None and len(carry): yield frame(carry.reset_index(drop=True))
     return run
 
 # %% ../nbs/06_batch.ipynb #db80b874
@@ -260,19 +295,25 @@ def user_snapshots(spark, tables: Path, days):
     return _finish(snap, "user")
 
 # %% ../nbs/06_batch.ipynb #e782816c
-def product_snapshots(spark, events, tables: Path, days, cfg: BatchConfig):
-    "Product features per (product_id, as-of day); None without a products table."
+def product_daily(events):
+    "Views (`v`), cart adds (`c`) and purchased units (`b`) per (product_id, `day` since epoch) of de-duplicated events."
+    from pyspark.sql import functions as F
+    day = F.floor(F.col("event_time") / DAY_MS)
+    return (events.filter(F.col("product_id").isNotNull() & F.col("event_type").isin("product_view", "add_to_cart", "purchase"))
+            .groupBy("product_id", day.alias("day")).agg(
+                F.sum((F.col("event_type") == "product_view").cast("long")).alias("v"),
+                F.sum((F.col("event_type") == "add_to_cart").cast("long")).alias("c"),
+                F.sum(F.when(F.col("event_type") == "purchase", F.coalesce("quantity", F.lit(1))).otherwise(0)).alias("b")))
+
+def product_snapshots(spark, events, tables: Path, days, cfg: BatchConfig, daily=None):
+    """Product features per (product_id, as-of day); None without a products table. `daily` (the `product_daily`
+    counts, e.g. from the session pass) replaces reading `events` again."""
     from pyspark.sql import functions as F
     if not (tables / "products.parquet").exists(): return None
     products = spark.read.parquet(str(tables / "products.parquet")).select(
         "product_id", "category", F.col("category_l1").alias("prod_category_l1"), F.col("price").alias("prod_price"),
         F.col("price_band").alias("prod_price_band"), F.col("margin").alias("prod_margin"))
-    day = F.floor(F.col("event_time") / DAY_MS)
-    daily = (events.filter(F.col("product_id").isNotNull() & F.col("event_type").isin("product_view", "add_to_cart", "purchase"))
-             .groupBy("product_id", day.alias("day")).agg(
-                 F.sum((F.col("event_type") == "product_view").cast("long")).alias("v"),
-                 F.sum((F.col("event_type") == "add_to_cart").cast("long")).alias("c"),
-                 F.sum(F.when(F.col("event_type") == "purchase", F.coalesce("quantity", F.lit(1))).otherwise(0)).alias("b")))
+    if daily is None: daily = product_daily(events)
     d = F.broadcast(days.select("asof", "ts", "asof_date"))
     win = (daily.join(d, (F.col("day") < F.col("asof")) & (F.col("day") >= F.col("asof") - 30))
            .withColumn("in7", F.col("day") >= F.col("asof") - 7)
@@ -354,11 +395,11 @@ def run_batch(data_dir: str | Path, settings: Settings | None = None, cfg: Batch
     settings = settings or Settings.from_env()
     data_dir = Path(data_dir); offline = data_dir / "offline"; tables = data_dir / "tables"
     spark = spark or spark_session(settings, "propensity-features")
-    st = _Stages(progress, 7); t0 = time.perf_counter(); s = {}
+    st = _Stages(progress, 6); t0 = time.perf_counter(); s = {}
 
     def read():
         valid, rejected, src, cached = read_events(spark, data_dir)
-        s["source"] = src; s["valid_records"] = valid.count()
+        s["source"] = src  # this action parses every line once (into the cache the session pass reads)
         by_field = rejected.groupBy(F.regexp_extract("reason", r"^([A-Za-z_]+)", 1)).count().collect()
         s["rejected_by_field"] = {r[0]: r[1] for r in by_field}
         s["rejected_records"] = sum(s["rejected_by_field"].values())
@@ -367,21 +408,18 @@ def run_batch(data_dir: str | Path, settings: Settings | None = None, cfg: Batch
         return valid, cached
     valid, cached = st("read and validate events", read)
 
-    def dedup():
-        ev = (valid.repartition(cfg.partitions, "session_id").dropDuplicates(["session_id", "event_id"])
-                   .persist(StorageLevel.MEMORY_AND_DISK))
-        s["events"] = ev.count(); s["duplicates_dropped"] = s["valid_records"] - s["events"]
+    def fold():  # one shuffle by session; duplicates are dropped inside the pass, which also counts product-days
+        out = (valid.select(*_PASS_INPUT).repartition(cfg.partitions, "session_id")
+                    .sortWithinPartitions("session_id", "event_time", "event_id")
+                    .mapInPandas(_fold_partition(cfg), _pass_rows_schema()).persist(StorageLevel.MEMORY_AND_DISK))
+        c = out.filter("kind = 'stats'").agg(F.sum("n_events"), F.sum("duplicates")).first()
+        s["events"] = c[0] or 0; s["duplicates_dropped"] = c[1] or 0; s["valid_records"] = s["events"] + s["duplicates_dropped"]
         for df in cached or []: df.unpersist()
-        return ev
-    events = st("drop duplicate deliveries", dedup)
-
-    def fold():
-        out = (events.sortWithinPartitions("session_id", "event_time", "event_id")
-                     .mapInPandas(_fold_partition(cfg), pass_schema()).persist(StorageLevel.MEMORY_AND_DISK))
-        sess = label_sessions(out.filter("kind = 'session'"), cfg).persist(StorageLevel.MEMORY_AND_DISK)
+        sess = label_sessions(out.filter("kind = 'session'").drop(*_PASS_EXTRA), cfg).persist(StorageLevel.MEMORY_AND_DISK)
         c = sess.agg(F.count("*"), F.sum(F.col("is_bot").cast("long")), F.sum(F.col("single_heartbeat").cast("long")),
                      F.sum((F.col("no_product") & ~F.col("is_bot") & ~F.col("single_heartbeat")).cast("long")),
-                     F.sum(F.col("eligible").cast("long")), F.sum((F.col("eligible") & F.col("label")).cast("long"))).first()
+                     F.sum(F.col("eligible").cast("long")), F.sum((F.col("eligible") & F.col("label")).cast("long")),
+                     F.min("start_ms"), F.max("event_timestamp")).first()
         s.update(sessions=c[0], bots=c[1], single_heartbeat=c[2], no_product=c[3], eligible=c[4], converted=c[5])
         _write(sess.drop("kind", "point_id", "trigger").withColumn("dt", F.to_date(F.timestamp_millis("event_timestamp"))),
                offline / "sessions")
@@ -389,10 +427,11 @@ def run_batch(data_dir: str | Path, settings: Settings | None = None, cfg: Batch
                          *[f.name for f in features_of("session", "state")],
                          F.to_date(F.timestamp_millis("event_timestamp")).alias("dt"))
         _write(sf, offline / "session_features")
-        return out.filter("kind = 'point'"), sess
-    points, sessions = st("fold sessions: scoring points, labels, eligibility", fold)
+        daily = (out.filter("kind = 'product_day'").groupBy("product_id", "day")
+                    .agg(F.sum("views").alias("v"), F.sum("carts").alias("c"), F.sum("units").alias("b")))
+        return out, out.filter("kind = 'point'").drop(*_PASS_EXTRA), sess, daily, (c[6], c[7])
+    out, points, sessions, daily, day_range = st("de-duplicate and fold sessions: scoring points, labels, eligibility", fold)
 
-    day_range = sessions.agg(F.min("start_ms"), F.max("event_timestamp")).first()
     asof = list(range(day_range[0] // DAY_MS, day_range[1] // DAY_MS + 2)) if day_range[0] is not None else []
     days = _days_frame(spark, asof) if asof else None
 
@@ -404,7 +443,7 @@ def run_batch(data_dir: str | Path, settings: Settings | None = None, cfg: Batch
     user_snap = st("user snapshots", users)
 
     def products():
-        p = product_snapshots(spark, events, tables, days, cfg) if days is not None else None
+        p = product_snapshots(spark, None, tables, days, cfg, daily=daily) if days is not None else None
         if p is None: s["product_rows"] = 0; return None
         p = p.persist(StorageLevel.MEMORY_AND_DISK); _write(p, offline / "product_features"); s["product_rows"] = p.count()
         return p
@@ -419,7 +458,7 @@ def run_batch(data_dir: str | Path, settings: Settings | None = None, cfg: Batch
     st("training set (point-in-time join)", train)
 
     def finish():
-        for df in (events, sessions, user_snap, prod_snap):
+        for df in (out, sessions, user_snap, prod_snap):
             if df is not None: df.unpersist()
     st("release caches", finish)
     s["seconds"] = round(time.perf_counter() - t0, 2); s["stage_seconds"] = st.seconds
