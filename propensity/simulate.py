@@ -328,8 +328,8 @@ TRUTH = Contract("session_truth", (
     Field("kind", "string", required=True, allowed=("human", "bot", "bounce")),
     Field("start_time", "timestamp_ms", required=True),
     Field("end_time", "timestamp_ms", required=True),
-    Field("decision_time", "timestamp_ms", required=True, doc="The decision moment, 1 ms after the last browsing "
-          "event: `p_true` is the purchase probability given the latent state at this moment."),
+    Field("decision_time", "timestamp_ms", required=True, doc="The decision moment, when the shopper leaves the last "
+          "browsing page: `p_true` is the purchase probability given the latent state at this moment."),
     Field("n_events", "int64", required=True),
     Field("device", "string", required=True), Field("country", "string", required=True),
     Field("traffic_source", "string", required=True), Field("referrer", "string"),
@@ -519,9 +519,12 @@ def simulate_day(world: World, day: int) -> Day:
     n_ev = np.bincount(es, minlength=n)
     last = np.concatenate([_starts(es, n)[1:], [m]]) - 1
     end_time = etime[last]
-    browsing = ephase <= 1  # the decision moment: 1 ms after the last landing or browsing event
-    decision_time = np.full(n, np.iinfo(np.int64).min); np.maximum.at(decision_time, es[browsing], etime[browsing])
-    decision_time = np.where(decision_time > np.iinfo(np.int64).min, decision_time, end_time) + 1
+    # the decision moment: when the shopper leaves the last landing or browsing page (that page's dwell after it),
+    # the time of the next request for those who go on to the cart or checkout
+    browsing = ephase <= 1
+    decision_time = np.full(n, np.iinfo(np.int64).min)
+    np.maximum.at(decision_time, es[browsing], etime[browsing] + dwell_ms[browsing])
+    decision_time = np.where(decision_time > np.iinfo(np.int64).min, decision_time, end_time + 1)
     has_prod = np.bincount(es[np.isin(etype, [PRODV, ADD, REMOVE, PURCHASE])], minlength=n) > 0
     # ---- canonical order: by event time (then session) ------------------------------------
     o = np.lexsort((es, etime))

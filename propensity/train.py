@@ -215,8 +215,8 @@ def _segments(df: pd.DataFrame) -> pd.DataFrame:
 def decision_points(d: str | Path, days: tuple[str, str], max_sessions: int = 50_000,
                     inactivity_minutes: float = 30.0) -> pd.DataFrame:
     """The oracle's moment, for a simulated world: one row per human session starting on `days` (first, last; UTC)
-    with a product view before its decision moment (the truth's `decision_time`, 1 ms after the last browsing event,
-    where the simulator fixes `p_true`); at most `max_sessions`, sampled by session id. Each row holds the model's
+    with a product view before its decision moment (the truth's `decision_time`, when the shopper leaves the last
+    browsing page, where the simulator fixes `p_true`); at most `max_sessions`, sampled by session id. Each row holds the model's
     features at that moment, as the training set builds them at a scoring point (the fold over the session's
     events strictly before it, from `tables/events`; the user and product snapshots of that day from `offline/`;
     the spec's defaults), the segments, `label` and `p_true`. No scoring policy chooses the moment and nothing after

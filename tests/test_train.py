@@ -63,10 +63,10 @@ def test_relaxed_gates_register_promote_and_reproduce(world):
 
 
 def test_decision_points_hold_the_training_sets_features_at_that_moment(world):
-    """At the decision moment a session's features are those the batch job gives a scoring point at the same place:
-    where a cart view is the first event after the decision moment, its scoring point sees exactly the same events."""
+    """At the decision moment a session's features are those the batch job gives a scoring point at the same moment:
+    where the shopper goes on to the cart, the cart view's scoring point is at the decision moment."""
     import pandas as pd
-    from propensity.features import features_of
+    from propensity.features import model_features
     from propensity.simulate import load_truth
     from propensity.train import decision_points
     tr = read_table(world / "training" / "training_set")
@@ -86,8 +86,7 @@ def test_decision_points_hold_the_training_sets_features_at_that_moment(world):
     cv = cv[cv.session_id.isin(dp.index) & ~cv.session_id.isin(spoiled)]
     cv = cv[cv.ms.to_numpy() == first_after.reindex(cv.session_id).to_numpy()].set_index("session_id")
     assert len(cv) >= 30, len(cv)
-    feats = [f.name for f in features_of("session", "state") + features_of("user", "state") + features_of("product", "state")
-             if f.name in cv.columns]
+    feats = [f.name for f in model_features() if f.name in cv.columns]   # the request-time ones too: the same moment
     got, want = dp.loc[cv.index, feats], cv[feats]
     for f in feats:
         same = (got[f].to_numpy() == want[f].to_numpy()) | (pd.isna(got[f]).to_numpy() & pd.isna(want[f]).to_numpy())
