@@ -86,23 +86,25 @@ def _validate_batches(it):
                 quantity=np.nan, event_time=np.nan, price=np.nan,
                 _record=r["record"].to_numpy(), _reason=r["reason"].to_numpy(), _source=r["source"].to_numpy())
 
-def read_events(spark, data_dir: Path):
-    """Valid events, rejected records (Spark DataFrames), the source read (the landing zone, or tables/events when
-    there is none) and a cached frame to unpersist when done. Lines the contract's Spark fast path certainly
-    accepts are typed in the JVM; every other line goes through `EVENT.validate`, which decides and gives reasons."""
+def read_events(spark, data_dir: Path, columns=None):
+    """Valid events (`columns` of the contract, all by default), rejected records (Spark DataFrames), the source read
+    (the landing zone, or tables/events when there is none) and cached frames to unpersist when done. Lines the
+    contract's Spark fast path certainly accepts are typed in the JVM; every other line goes through `EVENT.validate`,
+    which decides and gives reasons."""
     from pyspark import StorageLevel
     from pyspark.sql import functions as F, types as T
     landing = data_dir / "events"
     if landing.exists() and any(landing.rglob("*.jsonl")):
         raw = (spark.read.text(str(landing), recursiveFileLookup=True, pathGlobFilter="*.jsonl")
                .withColumn("source", F.input_file_name()))
-        fast, slow, parsed = spark_fast_path(EVENT, raw)
+        cols = list(columns or EVENT.columns)
+        fast, slow, parsed = spark_fast_path(EVENT, raw, keep=cols)  # the cache holds only the columns asked for
         schema = T.StructType([T.StructField(f.name, T.DoubleType() if f.name == "quantity" else f.dataType, True)
                                for f in EVENT.spark_schema().fields] + [T.StructField(n, T.StringType()) for n, _ in _EXTRA])
         checked = slow.mapInPandas(_validate_batches, schema)
         checked = checked.persist(StorageLevel.MEMORY_AND_DISK)  # few rows: the contract's verdicts and reasons
-        valid = fast.select(*EVENT.columns).unionByName(checked.filter(F.col("_reason").isNull()).select(
-            *[F.col(c).cast("long").alias(c) if c == "quantity" else F.col(c) for c in EVENT.columns]))
+        valid = fast.select(*cols).unionByName(checked.filter(F.col("_reason").isNull()).select(
+            *[F.col(c).cast("long").alias(c) if c == "quantity" else F.col(c) for c in cols]))
         rejected = checked.filter(F.col("_reason").isNotNull()).select(
             F.col("_record").alias("record"), F.col("_reason").alias("reason"), F.col("_source").alias("source"))
         return valid, rejected, "landing", [parsed, checked]
@@ -110,7 +112,7 @@ def read_events(spark, data_dir: Path):
     if not tables.exists():
         raise FileNotFoundError(f"{data_dir}: no landing zone (events/*.jsonl) and no tables/events; expected the output "
                                 "of `propensity simulate` or `propensity ingest`")
-    valid = spark.read.parquet(str(tables)).select(*EVENT.columns)
+    valid = spark.read.parquet(str(tables)).select(*(columns or EVENT.columns))
     rejected = spark.createDataFrame([], "record string, reason string, source string")
     return valid, rejected, "tables", []
 
@@ -398,7 +400,7 @@ def run_batch(data_dir: str | Path, settings: Settings | None = None, cfg: Batch
     st = _Stages(progress, 6); t0 = time.perf_counter(); s = {}
 
     def read():
-        valid, rejected, src, cached = read_events(spark, data_dir)
+        valid, rejected, src, cached = read_events(spark, data_dir, _PASS_INPUT)
         s["source"] = src  # this action parses every line once (into the cache the session pass reads)
         by_field = rejected.groupBy(F.regexp_extract("reason", r"^([A-Za-z_]+)", 1)).count().collect()
         s["rejected_by_field"] = {r[0]: r[1] for r in by_field}

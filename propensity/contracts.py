@@ -413,19 +413,22 @@ def _spark_parse_schema(contract: Contract):
           "timestamp_ms": T.LongType()}
     return T.StructType([T.StructField(f.name, st[f.dtype]) for f in contract.fields] + [T.StructField("_corrupt", T.StringType())])
 
-def spark_fast_path(contract: Contract, raw, value_col: str = "value", persist: bool = True):
+def spark_fast_path(contract: Contract, raw, value_col: str = "value", persist: bool = True, keep=None):
     """Split a Spark DataFrame of raw JSON lines into (certainly valid rows, typed and normalised like
     `Contract.validate` output, plus the other columns of `raw`) and (every other raw row, for `Contract.validate`).
     With `persist`, the lines are parsed once and cached (typed columns, plus the raw line only where needed); the
-    third value is that cached frame (None without `persist`): unpersist it when done."""
+    third value is that cached frame (None without `persist`): unpersist it when done. `keep` (contract column
+    names) limits the typed columns the valid rows carry (and the cache holds); every field is still checked."""
     from pyspark.sql import functions as F
     parsed = raw.withColumn("_r", F.from_json(F.col(value_col), _spark_parse_schema(contract),
                                               {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": "_corrupt"}))
     c = lambda name: F.col(f"_r.{name}")
     ok = [F.col("_r").isNotNull(), c("_corrupt").isNull()]
-    strings = [f.name for f in contract.fields if f.dtype == "string"]
-    # a string field holding a number, true/false, an object or an array: Spark would turn it into text
-    ok.append(~F.col(value_col).rlike('"(?:' + "|".join(strings) + r')"\s*:\s*[^\s"n]'))
+    # a string field holding a number, true/false, an object or an array: Spark would turn it into text. Any value
+    # that is not a string or null after a key other than the non-string fields sends the line to the validator
+    # (a superset of those lines; a colon-first pattern is cheaper than trying every string key at every quote)
+    others = "|".join(f'"{f.name}":' for f in contract.fields if f.dtype != "string")
+    ok.append(~F.col(value_col).rlike(":" + (f"(?<!{others})" if others else "") + r'\s*[^\s"n]'))
     for f in contract.fields:
         col = c(f.name)
         if f.required:
@@ -441,11 +444,11 @@ def spark_fast_path(contract: Contract, raw, value_col: str = "value", persist: 
     for o in ok[1:]: good = good & F.coalesce(o, F.lit(False))
     rest = [x for x in raw.columns if x != value_col]
     typed = [(F.when(c(f.name) != "", c(f.name)) if f.dtype == "string" and not f.required else c(f.name)).alias(f.name)
-             for f in contract.fields]
+             for f in contract.fields if keep is None or f.name in keep]
     parsed = parsed.select(*typed, *rest, good.alias("_ok"), F.when(~good, F.col(value_col)).alias(value_col))
     if persist:
         from pyspark import StorageLevel
         parsed = parsed.persist(StorageLevel.MEMORY_AND_DISK)
-    fast = parsed.filter("_ok").select(*contract.columns, *rest)
+    fast = parsed.filter("_ok").select(*[n for n in contract.columns if keep is None or n in keep], *rest)
     slow = parsed.filter(~F.col("_ok")).select(value_col, *rest)
     return fast, slow, (parsed if persist else None)
