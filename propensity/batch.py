@@ -432,7 +432,7 @@ def run_batch(data_dir: str | Path, settings: Settings | None = None, cfg: Batch
         daily = (out.filter("kind = 'product_day'").groupBy("product_id", "day")
                     .agg(F.sum("views").alias("v"), F.sum("carts").alias("c"), F.sum("units").alias("b")))
         return out, out.filter("kind = 'point'").drop(*_PASS_EXTRA), sess, daily, (c[6], c[7])
-    out, points, sessions, daily, day_range = st("de-duplicate and fold sessions: scoring points, labels, eligibility", fold)
+    out, points, sessions, daily, day_range = st("dedup + fold sessions: points, labels, eligibility", fold)
 
     asof = list(range(day_range[0] // DAY_MS, day_range[1] // DAY_MS + 2)) if day_range[0] is not None else []
     days = _days_frame(spark, asof) if asof else None
