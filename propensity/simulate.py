@@ -510,6 +510,7 @@ def simulate_day(world: World, day: int) -> Day:
     med = np.array([14, 10, 30, 8, 6, 20, 90, 0.001, 25], float)[etype]
     sd = np.array([0.7, 0.6, 0.8, 0.5, 0.5, 0.6, 0.5, 0.0, 0.4])[etype]
     dwell = med * np.exp(sd * rng.normal(0, 1, m) + np.where(etype == PRODV, 0.35 * eiv, 0.0))
+    dwell = np.minimum(dwell, 20 * 60)  # a shopper away for longer would start a new session (30-minute rule)
     dwell = np.where(kind[es] == 1, rng.lognormal(np.log(0.7), 0.5, m), dwell)
     nxt_purchase = np.concatenate([etype[1:] == PURCHASE, [False]]) & (etype == PURCHASE)
     dwell = np.where(nxt_purchase, 0.001, dwell)  # lines of one order share the moment

@@ -138,3 +138,12 @@ def test_refuses_to_replace_folders_of_something_else(tmp_path):
     with pytest.raises(FileExistsError, match="no world.json: not a simulated world"):
         simulate("small", 1, 1, tmp_path, progress=False)
     assert (tmp_path / "tables" / "precious.parquet").exists()
+
+
+def test_no_session_pauses_past_the_inactivity_rule(world):
+    "A simulated session is one session under the batch job's 30-minute rule: no gap between its events reaches it."
+    out, _, truth = world
+    ev = read_table(out / "tables" / "events")[["session_id", "event_time"]].sort_values(["session_id", "event_time"])
+    gap = ev.groupby("session_id").event_time.diff().max()
+    assert gap < 30 * 60_000, gap
+    assert ev.session_id.nunique() == len(truth)
