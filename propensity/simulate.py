@@ -67,7 +67,9 @@ PROFILES = {
 
 @dataclass(frozen=True)
 class Drift:
-    "From day `day` (0-based), sessions where `column == value` get `shift` added to their logit intent."
+    """From day `day` (0-based), sessions where `column == value` get `shift` added to their purchase logit at the
+    decision; their browsing is unchanged (a shift the clickstream cannot show: a broken mobile checkout, a rival's
+    price cut), so a model trained before it is off for that segment."""
     day: int
     column: str = "device"   # device | country | traffic_source
     value: str = "mobile"
@@ -344,7 +346,7 @@ TRUTH = Contract("session_truth", (
     Field("uplift_type", "string", required=True, allowed=("sure_thing", "persuadable", "lost_cause", "sleeping_dog")),
     Field("label", "bool", required=True, doc="The session ended in a purchase."),
     Field("label_incentive", "bool", required=True, doc="Whether it would have, with the incentive."),
-    Field("drifted", "bool", required=True, doc="The drift knob shifted this session's intent."),
+    Field("drifted", "bool", required=True, doc="The drift knob shifted this session's purchase logit at the decision."),
     Field("order_id", "string"),
 ), key=("session_id",), doc="Ground truth per session.")
 
@@ -396,7 +398,6 @@ def simulate_day(world: World, day: int) -> Day:
         drifted = ~bot & (seg == world.drift.value)
     v0 = (shp.intent[hu] + dev_eff + src_eff + ctry_eff + 0.35 * returning + 0.30 * logged_in
           + HOUR_EFFECT[hour] + WEEKEND_EFFECT * weekend + rng.normal(0, 0.35, n))
-    v0 = v0 + np.where(drifted, world.drift.shift if world.drift else 0.0, 0.0)
     u0 = p.intercept + v0
     # ---- humans: browse steps ---------------------------------------------------------
     hum = np.flatnonzero(kind == 0); nh = len(hum)
@@ -440,7 +441,8 @@ def simulate_day(world: World, day: int) -> Day:
     # ---- humans: decision -------------------------------------------------------------
     uK = ut[np.concatenate([st_first[1:], [T]]) - 1] if T else np.zeros(0)
     n_add = np.bincount(ss[add], minlength=nh)
-    p_true = sigmoid(uK + CART_EFFECT * (n_add > 0))
+    shift = np.where(drifted[hum], world.drift.shift if world.drift else 0.0, 0.0)  # the drift knob: at the decision only
+    p_true = sigmoid(uK + CART_EFFECT * (n_add > 0) + shift)
     tau = 1.5 * shp.disc[hu[hum]] - 0.30 + rng.normal(0, 0.25, nh)
     p_inc = sigmoid(logit(np.clip(p_true, 1e-9, 1 - 1e-9)) + tau)
     U = rng.random(nh)

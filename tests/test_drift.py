@@ -25,7 +25,7 @@ def drifted(tmp_path_factory, spark):
     from propensity.batch import run_batch
     from propensity.quality import check_tables
     out = tmp_path_factory.mktemp("drift") / "w"
-    simulate("small", DAYS, 7, out, drift=Drift(day=DRIFT_DAY, column="device", value="mobile", shift=-1.5), progress=False)
+    simulate("small", DAYS, 7, out, drift=Drift(day=DRIFT_DAY, column="device", value="mobile", shift=-1.0), progress=False)
     run_batch(out, spark=spark, progress=False)
     check_tables(out).write(out / "quality")
     start = json.loads((out / "world.json").read_text())["start_date"]
