@@ -294,7 +294,8 @@ def train_pipeline(data_dir: str | Path, cfg: TrainConfig = TrainConfig(), *, pr
     ht = np.flatnonzero(tm)[session_sample(tr["session_id"][tm], cfg.hpo_max_rows)]
     hv = np.flatnonzero(vm)[session_sample(tr["session_id"][vm], cfg.hpo_max_val_rows)]
     study = search(X.iloc[ht], y[ht], w[ht], X.iloc[hv], y[hv], cfg, f"sqlite:///{d / 'models' / 'optuna.db'}",
-                   f"propensity-{spec_hash()}-{window['train'][0]}-{window['test'][1]}", progress)
+                   f"propensity-{spec_hash()}-{window['train'][0]}-{window['val'][0]}-{window['test'][0]}-{window['test'][1]}",
+                   progress)  # the study of this split: another split of the same days is another search
     clock["hpo"] = round(time.perf_counter() - t, 2); t = time.perf_counter()
     best = dict(study.best_trial.params, bagging_freq=1)
     booster = fit_booster(best, X[tm], y[tm], w[tm], X[vm], y[vm], cfg)
