@@ -303,7 +303,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="output folder (default $PROPENSITY_DATA/world)")
     s.add_argument("--drift-day", type=int, help="day (0-based) from which one segment's conversion shifts")
     s.add_argument("--drift-segment", default="device=mobile", help="COLUMN=VALUE of the drifting segment (default device=mobile)")
-    s.add_argument("--drift-shift", type=float, default=-0.8, help="shift of the segment's logit intent (default -0.8)")
+    s.add_argument("--drift-shift", type=float, default=-0.8, help="shift of the segment's purchase logit at the decision (default -0.8)")
     for k in SHARE_FLAGS:
         s.add_argument(f"--{k.replace('_', '-')}", type=float, help=f"override the profile's {k.replace('_', ' ')}")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
