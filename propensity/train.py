@@ -220,9 +220,8 @@ def decision_points(d: str | Path, days: tuple[str, str], max_sessions: int = 50
     features at that moment, as the training set builds them at a scoring point (the fold over the session's
     events strictly before it, from `tables/events`; the user and product snapshots of that day from `offline/`;
     the spec's defaults), the segments, `label` and `p_true`. No scoring policy chooses the moment and nothing after
-    it selects the session, so the model and the oracle are compared on equal terms."""
+    it selects the session; what still differs is that the oracle knows browsing is over there, the model does not."""
     import pyarrow.compute as pc, pyarrow.dataset as ds
-    from propensity.contracts import read_table
     from propensity.features import SessionState, at_time
     from propensity.simulate import load_truth
     d = Path(d)
