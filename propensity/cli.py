@@ -215,12 +215,9 @@ def cmd_train(args, settings: Settings) -> int:
             ["calibrator", next(c["calibrator"] for c in s["calibrator"] if c["chosen"])]]
     if s["oracle"]:
         o = s["oracle"]
-        rows += [["oracle PR-AUC / Brier (p_true)", f"{o['pr_auc']:.4f} / {o['brier']:.5f}"],
+        what = "simulator's probability at each point" if o.get("kind") == "moment" else "session p_true"
+        rows += [[f"oracle PR-AUC / Brier ({what})", f"{o['pr_auc']:.4f} / {o['brier']:.5f}"],
                  ["model / oracle: PR-AUC, Brier", f"{o['pr_auc_ratio']:.3f}, {o['brier_ratio']:.3f}"]]
-        if "decision" in o:
-            so = o["decision"]
-            rows += [[f"each test session at the decision moment ({so['n']:,}): model / oracle PR-AUC, Brier",
-                      f"{so['pr_auc_ratio']:.3f}, {so['brier_ratio']:.3f}"]]
     rows += [["registered version", s["version"] or "none (gates failed)"], ["seconds", f"{s['seconds']:.1f}"]]
     _console().print(_table(f"Training run: {data}", ["what", "value"], rows))
     print(s["gates_summary"])

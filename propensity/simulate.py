@@ -26,10 +26,12 @@ from .contracts import (DEVICES, EVENT, EVENT_TYPES, ORDER, ORDER_ITEM, PRODUCT,
 # %% auto #0
 __all__ = ['PROFILES', 'CATEGORIES', 'COUNTRIES', 'DEVICE_SHARE', 'DEVICE_EFFECT', 'SOURCE_SHARE', 'SOURCE_EFFECT', 'REFERRERS',
            'HOUR_SHAPE', 'HOUR_EFFECT', 'WEEKDAY_TRAFFIC', 'WEEKEND_EFFECT', 'BROWSE_BASE', 'ADD_BASE', 'CART_EFFECT',
-           'COUPONS', 'COUPON_PCT', 'PV', 'SEARCH', 'PRODV', 'ADD', 'REMOVE', 'CARTV', 'CHECKOUT', 'PURCHASE',
-           'HEARTBEAT', 'DAY_MS', 'TRUTH', 'MALFORMED_KINDS', 'DELIVERY', 'OUTPUTS', 'SEGMENTS', 'Profile', 'Drift',
-           'sigmoid', 'logit', 'Catalog', 'build_catalog', 'Shoppers', 'build_shoppers', 'World', 'Day', 'simulate_day',
-           'deliver', 'Landing', 'simulate', 'load_truth', 'conversion_by', 'world_summary']
+           'STEP_SHARE', 'WALK_MEAN', 'WALK_SD', 'POPULAR_LIFT', 'CART_VIEW_P', 'CART_VIEW_ANY', 'CHECKOUT_P',
+           'EXIT_HB_P', 'COUPONS', 'COUPON_PCT', 'PV', 'SEARCH', 'PRODV', 'ADD', 'REMOVE', 'CARTV', 'CHECKOUT',
+           'PURCHASE', 'HEARTBEAT', 'DAY_MS', 'TRUTH', 'EVENT_TRUTH', 'MALFORMED_KINDS', 'DELIVERY', 'OUTPUTS',
+           'SEGMENTS', 'Profile', 'Drift', 'sigmoid', 'logit', 'Catalog', 'build_catalog', 'Shoppers', 'build_shoppers',
+           'World', 'Day', 'simulate_day', 'deliver', 'Landing', 'simulate', 'load_event_truth', 'load_truth',
+           'conversion_by', 'world_summary']
 
 # %% ../nbs/04_simulate.ipynb #9f0dd8d0
 @dataclass(frozen=True)
@@ -139,6 +141,9 @@ HOUR_EFFECT = 0.25 * np.sin((np.arange(24) - 14) / 24 * 2 * np.pi)  # evenings c
 WEEKDAY_TRAFFIC = np.array([0.96, 0.94, 0.95, 0.97, 0.98, 1.08, 1.12])  # Mon..Sun
 WEEKEND_EFFECT = 0.10
 BROWSE_BASE, ADD_BASE, CART_EFFECT = 2.3, -5.3, 2.5  # browse length, cart-add and cart-to-purchase levels
+STEP_SHARE = (0.62, 0.13, 0.25)      # a browsing step is a product view, a search or a listing page
+WALK_MEAN, WALK_SD, POPULAR_LIFT = -0.02, 0.12, 0.10  # intent walk per step; a top-10% product lifts it
+CART_VIEW_P, CART_VIEW_ANY, CHECKOUT_P, EXIT_HB_P = 0.55, 0.03, 0.30, 0.15  # a non-buyer's way out
 COUPONS = ("WELCOME10", "SAVE15", "SPRING20", "LOYAL5", "FREESHIP", "FLASH25")
 COUPON_PCT = np.array([0.10, 0.15, 0.20, 0.05, 0.03, 0.25])
 PV, SEARCH, PRODV, ADD, REMOVE, CARTV, CHECKOUT, PURCHASE, HEARTBEAT = range(9)
@@ -316,12 +321,13 @@ class World:
 
 @dataclass
 class Day:
-    "One simulated day: canonical events, session truth, orders, order items, returns."
+    "One simulated day: canonical events, session truth, orders, order items, returns, the oracle per event."
     events: pd.DataFrame
     truth: pd.DataFrame
     orders: pd.DataFrame
     items: pd.DataFrame
     returns: pd.DataFrame
+    event_truth: pd.DataFrame | None = None
 
 TRUTH = Contract("session_truth", (
     Field("session_id", "string", required=True),
@@ -349,6 +355,93 @@ TRUTH = Contract("session_truth", (
     Field("drifted", "bool", required=True, doc="The drift knob shifted this session's purchase logit at the decision."),
     Field("order_id", "string"),
 ), key=("session_id",), doc="Ground truth per session.")
+
+EVENT_TRUTH = Contract("event_truth", (
+    Field("event_id", "string", required=True),
+    Field("session_id", "string", required=True),
+    Field("p_now", "float64", required=True, min=0, max=1, doc="The purchase probability given the session's latent "
+          "state right after this event: the intent path so far, the browsing rate, and every event of the session up to "
+          "and including this one; how many steps are left, the later steps and cart adds and the decision's own draw "
+          "are not known."),
+), key=("event_id",), doc="The oracle at every event: what a model scoring at this event could at best know, and more.")
+
+_LGAMMA = np.array([math.lgamma(k + 1) for k in range(61)])
+
+class _Oracle:
+    """P(purchase | latent intent u, browsing steps left r, cart empty or not) for the simulator's own walk, by
+    backward induction on a grid of u (Gauss-Hermite over each step's increment). With an empty cart the next
+    product views may still add; with a cart, only the walk moves the decision. `expect` averages over the steps
+    left, given the session's browsing rate and the steps seen so far."""
+    x0, dx, G, r_max = -8.0, 0.02, 801, 60          # u - intercept on [-8, 8]; a session has at most 60 steps
+
+    def __init__(self, intercept: float, q_pop: float, shifts):
+        self.b = intercept
+        x = self.x0 + self.dx * np.arange(self.G)
+        z, w = np.polynomial.hermite_e.hermegauss(24); w = w / w.sum()
+        steps = [(1 - STEP_SHARE[0], 0.0, False), (STEP_SHARE[0] * (1 - q_pop), 0.0, True),
+                 (STEP_SHARE[0] * q_pop, POPULAR_LIFT, True)]  # (share, lift, a product view that may add)
+        self.tables = {}
+        for sh in shifts:
+            V = np.empty((self.r_max + 1, self.G)); W = np.empty_like(V)
+            V[0], W[0] = sigmoid(x + intercept + sh), sigmoid(x + intercept + CART_EFFECT + sh)
+            for r in range(1, self.r_max + 1):
+                V[r] = 0; W[r] = 0
+                for share, lift, prodv in steps:
+                    xn = x[:, None] + WALK_MEAN + lift + WALK_SD * z[None, :]
+                    vn, wn = np.interp(xn, x, V[r - 1]), np.interp(xn, x, W[r - 1])
+                    if prodv:
+                        a = sigmoid(ADD_BASE + xn); vn = a * wn + (1 - a) * vn
+                    V[r] += share * (vn @ w); W[r] += share * (wn @ w)
+            self.tables[float(sh)] = V, W
+
+    def add_p(self, u): return sigmoid(ADD_BASE + (np.asarray(u, float) - self.b))
+
+    def expect(self, u, lam, seen, shift, added, pending=False, chunk=50_000) -> np.ndarray:
+        """The oracle at a browsing event: `seen` steps have begun (0 before the first), the number of steps K =
+        min(1 + Poisson(`lam`), 60) is unknown beyond K >= seen; `added`: the cart holds something; `pending`: this
+        step is a product view whose cart add is still to come."""
+        n = len(u); bc = lambda x, t: np.broadcast_to(np.asarray(x, t), n)
+        u, lam, seen, shift = np.asarray(u, float), bc(lam, float), bc(seen, int), bc(shift, float)
+        added, pending = bc(added, bool), bc(pending, bool)
+        k = np.arange(1, self.r_max + 1)
+        out = np.empty(n)
+        for a0 in range(0, n, chunk):
+            sl = slice(a0, min(a0 + chunk, n)); L = lam[sl][:, None]
+            pk = np.exp((k - 1) * np.log(L) - L - _LGAMMA[k - 1])          # P(K = k) = P(Poisson = k - 1) ...
+            pk[:, -1] = np.clip(1 - pk[:, :-1].sum(1), 0, None)           # ... K = 60 holds the tail
+            pk = np.where(k >= np.maximum(seen[sl], 1)[:, None], pk, 0.0)
+            pk /= np.maximum(pk.sum(1, keepdims=True), 1e-300)
+            R = np.clip(k - seen[sl][:, None], 0, self.r_max)              # steps left after this one
+            idx = np.clip((u[sl] - self.b - self.x0) / self.dx, 0, self.G - 1 - 1e-9)
+            i0 = idx.astype(int)[:, None]; f = (idx - idx.astype(int))[:, None]
+            res = np.empty(len(idx))
+            for sh, (V, W) in self.tables.items():
+                m = shift[sl] == sh
+                if not m.any(): continue
+                Rm, im, fm = R[m], i0[m], f[m]
+                v = V[Rm, im] * (1 - fm) + V[Rm, im + 1] * fm
+                w = W[Rm, im] * (1 - fm) + W[Rm, im + 1] * fm
+                a = np.where(pending[sl][m], self.add_p(u[sl][m]), 0.0)[:, None]
+                val = np.where(added[sl][m][:, None], w, a * w + (1 - a) * v)
+                res[m] = (pk[m] * val).sum(1)
+            out[sl] = res
+        return out
+
+    def __call__(self, u, r, shift, added) -> np.ndarray:
+        u = np.asarray(u, float); n = len(u)
+        r = np.broadcast_to(np.asarray(r, int), n); shift = np.broadcast_to(np.asarray(shift, float), n)
+        added = np.broadcast_to(np.asarray(added, bool), n)
+        idx = np.clip((u - self.b - self.x0) / self.dx, 0, self.G - 1 - 1e-9)
+        i0 = idx.astype(int); f = idx - i0
+        out = np.empty(n)
+        for sh, (V, W) in self.tables.items():
+            m = shift == sh
+            if not m.any(): continue
+            rr, ii, ff, aa = r[m], i0[m], f[m], added[m]
+            v = V[rr, ii] * (1 - ff) + V[rr, ii + 1] * ff
+            wv = W[rr, ii] * (1 - ff) + W[rr, ii + 1] * ff
+            out[m] = np.where(aa, wv, v)
+        return out
 
 _UPLIFT = np.array(["lost_cause", "sleeping_dog", "persuadable", "sure_thing"], object)
 
@@ -406,7 +499,7 @@ def simulate_day(world: World, day: int) -> Day:
     T = int(K.sum())
     ss = np.repeat(np.arange(nh), K)                       # step -> human-session index
     st_first = _starts(ss, nh)
-    stype = rng.choice(np.array([PRODV, SEARCH, PV]), T, p=[0.62, 0.13, 0.25])
+    stype = rng.choice(np.array([PRODV, SEARCH, PV]), T, p=list(STEP_SHARE))
     # category focus from the shopper's affinities, sometimes exploring
     aff = shp.affinity_cum[hu[hum]]
     focus = (aff < rng.random(nh)[:, None]).sum(1)
@@ -425,8 +518,8 @@ def simulate_day(world: World, day: int) -> Day:
     prod = prod[src]
     prod = np.where(isprod, prod, -1)
     # intent walk
-    v_prod = np.where(isprod, 0.10 * (cat.pop[np.maximum(prod, 0)] > np.quantile(cat.pop, 0.9)), 0.0)
-    incr = rng.normal(-0.02, 0.12, T) + v_prod
+    v_prod = np.where(isprod, POPULAR_LIFT * (cat.pop[np.maximum(prod, 0)] > np.quantile(cat.pop, 0.9)), 0.0)
+    incr = rng.normal(WALK_MEAN, WALK_SD, T) + v_prod
     ut = u0[hum][ss] + _seg_cumsum(incr, ss, nh)
     vt = ut - p.intercept
     add = isprod & (rng.random(T) < sigmoid(ADD_BASE + 1.0 * vt))
@@ -450,9 +543,9 @@ def simulate_day(world: World, day: int) -> Day:
     label_inc = U < p_inc
     rm = (n_add >= 2) & (rng.random(nh) < 0.25)
     forced = label & (n_add - rm == 0)
-    cartv = label | ((n_add > 0) & (rng.random(nh) < 0.55)) | (rng.random(nh) < 0.03)
-    chk = label | (cartv & (n_add > 0) & (rng.random(nh) < 0.30))
-    exit_hb = ~label & (rng.random(nh) < 0.15)
+    cartv = label | ((n_add > 0) & (rng.random(nh) < CART_VIEW_P)) | (rng.random(nh) < CART_VIEW_ANY)
+    chk = label | (cartv & (n_add > 0) & (rng.random(nh) < CHECKOUT_P))
+    exit_hb = ~label & (rng.random(nh) < EXIT_HB_P)
     # last viewed product (for a buyer who buys without a browse cart add)
     lastprod_pos = np.maximum.accumulate(np.where(isprod, ar, -1))
     endpos = np.concatenate([st_first[1:], [T]]) - 1
@@ -473,26 +566,41 @@ def simulate_day(world: World, day: int) -> Day:
     # ---- human events: landing, browse, decision, in order -----------------------------
     # each row: session (global), phase, position, sub, type, product, quantity, query
     rows = []
-    def _rows(s_, phase, pos, sub, typ, prd, q, qry, iv=None):
+    # each row also carries the oracle: P(purchase) given the latent intent path and every event up to this one
+    def _rows(s_, phase, pos, sub, typ, prd, q, qry, iv=None, po=None):
         k = len(s_)
         rows.append((s_, np.full(k, phase), pos, np.full(k, sub) if np.ndim(sub) == 0 else sub,
-                     np.full(k, typ) if np.ndim(typ) == 0 else typ, prd, q, qry, np.zeros(k) if iv is None else iv))
+                     np.full(k, typ) if np.ndim(typ) == 0 else typ, prd, q, qry, np.zeros(k) if iv is None else iv,
+                     np.zeros(k) if po is None else (np.full(k, float(po)) if np.ndim(po) == 0 else po)))
     ones = lambda k: np.ones(k, int); neg = lambda k: np.full(k, -1)
-    _rows(hum, 0, np.zeros(nh, int), 0, PV, neg(nh), np.zeros(nh, int), neg(nh))
+    q_pop = float((v_prod[isprod] > 0).mean()) if isprod.any() else 0.0
+    orc = _Oracle(p.intercept, q_pop, np.unique(np.concatenate([[0.0], shift])))
     stepno = ar - st_first[ss]
-    _rows(hum[ss], 1, stepno, 0, stype, prod, np.zeros(T, int), query, vt)
-    _rows(hum[ss[add_pos]], 1, stepno[add_pos], 1, ADD, prod[add_pos], qty[add_pos], neg(len(add_pos)))
+    sh_s, lam_s, seen = shift[ss], lam[ss], stepno + 1          # at step j, j + 1 steps have begun
+    added_before = _seg_cumsum(add.astype(int), ss, nh, inclusive=False) > 0
+    _rows(hum, 0, np.zeros(nh, int), 0, PV, neg(nh), np.zeros(nh, int), neg(nh), po=orc.expect(u0[hum], lam, 0, shift, False))
+    p_step = orc.expect(ut, lam_s, seen, sh_s, added_before, isprod & ~added_before)  # a product page's add may follow
+    _rows(hum[ss], 1, stepno, 0, stype, prod, np.zeros(T, int), query, vt, p_step)
+    _rows(hum[ss[add_pos]], 1, stepno[add_pos], 1, ADD, prod[add_pos], qty[add_pos], neg(len(add_pos)),
+          po=orc.expect(ut[add_pos], lam_s[add_pos], seen[add_pos], sh_s[add_pos], True))
     hbp = np.flatnonzero(hb)
-    _rows(hum[ss[hbp]], 1, stepno[hbp], 2, HEARTBEAT, neg(len(hbp)), np.zeros(len(hbp), int), neg(len(hbp)))
+    _rows(hum[ss[hbp]], 1, stepno[hbp], 2, HEARTBEAT, neg(len(hbp)), np.zeros(len(hbp), int), neg(len(hbp)),
+          po=orc.expect(ut[hbp], lam_s[hbp], seen[hbp], sh_s[hbp], added_before[hbp] | add[hbp]))
+    # after the decision: Bayes on what the way out has shown (a buyer always views the cart and checks out)
+    l0_cv = 1 - (1 - CART_VIEW_P) * (1 - CART_VIEW_ANY)
+    bayes = lambda pp, l0: pp / (pp + (1 - pp) * l0)
+    p_cv = np.where(n_add > 0, bayes(p_true, l0_cv), label.astype(float))        # no browse add: the forced add told
+    p_ck = np.where(n_add > 0, bayes(p_true, l0_cv * CHECKOUT_P), label.astype(float))
     rm_s = np.flatnonzero(rm); first_add = add_pos[add_rank == 0]
     fa_prod = np.full(nh, -1); fa_qty = np.zeros(nh, int)
     fa_prod[ss[first_add]] = prod[first_add]; fa_qty[ss[first_add]] = qty[first_add]
-    _rows(hum[rm_s], 2, np.zeros(len(rm_s), int), 0, REMOVE, fa_prod[rm_s], fa_qty[rm_s], neg(len(rm_s)))
-    _rows(hum[f_s], 2, ones(len(f_s)), 0, ADD, last_viewed[f_s], ones(len(f_s)), neg(len(f_s)))
+    _rows(hum[rm_s], 2, np.zeros(len(rm_s), int), 0, REMOVE, fa_prod[rm_s], fa_qty[rm_s], neg(len(rm_s)),
+          po=p_true[rm_s])
+    _rows(hum[f_s], 2, ones(len(f_s)), 0, ADD, last_viewed[f_s], ones(len(f_s)), neg(len(f_s)), po=1.0)
     cv = np.flatnonzero(cartv); ck = np.flatnonzero(chk); eh = np.flatnonzero(exit_hb)
-    _rows(hum[cv], 2, np.full(len(cv), 2), 0, CARTV, neg(len(cv)), np.zeros(len(cv), int), neg(len(cv)))
-    _rows(hum[ck], 2, np.full(len(ck), 3), 0, CHECKOUT, neg(len(ck)), np.zeros(len(ck), int), neg(len(ck)))
-    _rows(hum[line_s], 2, np.full(len(line_s), 4), line_no, PURCHASE, line_p, line_q, neg(len(line_s)))
+    _rows(hum[cv], 2, np.full(len(cv), 2), 0, CARTV, neg(len(cv)), np.zeros(len(cv), int), neg(len(cv)), po=p_cv[cv])
+    _rows(hum[ck], 2, np.full(len(ck), 3), 0, CHECKOUT, neg(len(ck)), np.zeros(len(ck), int), neg(len(ck)), po=p_ck[ck])
+    _rows(hum[line_s], 2, np.full(len(line_s), 4), line_no, PURCHASE, line_p, line_q, neg(len(line_s)), po=1.0)
     _rows(hum[eh], 2, np.full(len(eh), 5), 0, HEARTBEAT, neg(len(eh)), np.zeros(len(eh), int), neg(len(eh)))
     # ---- bots and bounces -----------------------------------------------------------
     bots = np.flatnonzero(bot)
@@ -504,9 +612,9 @@ def simulate_day(world: World, day: int) -> Day:
           np.zeros(len(bs), int), neg(len(bs)))
     bnc = np.flatnonzero(kind == 2)
     _rows(bnc, 0, np.zeros(len(bnc), int), 0, HEARTBEAT, neg(len(bnc)), np.zeros(len(bnc), int), neg(len(bnc)))
-    es, ephase, epos, esub, etype, eprod, eqty, eqry, eiv = (np.concatenate(c) for c in zip(*rows))
+    es, ephase, epos, esub, etype, eprod, eqty, eqry, eiv, epo = (np.concatenate(c) for c in zip(*rows))
     o = np.lexsort((esub, epos, ephase, es))
-    es, ephase, etype, eprod, eqty, eqry, eiv = es[o], ephase[o], etype[o], eprod[o], eqty[o], eqry[o], eiv[o]
+    es, ephase, etype, eprod, eqty, eqry, eiv, epo = es[o], ephase[o], etype[o], eprod[o], eqty[o], eqry[o], eiv[o], epo[o]
     m = len(es)
     # ---- timing: dwell after each event, by type (seconds, log-normal) ----------------------
     med = np.array([14, 10, 30, 8, 6, 20, 90, 0.001, 25], float)[etype]
@@ -531,7 +639,7 @@ def simulate_day(world: World, day: int) -> Day:
     has_prod = np.bincount(es[np.isin(etype, [PRODV, ADD, REMOVE, PURCHASE])], minlength=n) > 0
     # ---- canonical order: by event time (then session) ------------------------------------
     o = np.lexsort((es, etime))
-    es, etype, eprod, eqty, eqry, etime = es[o], etype[o], eprod[o], eqty[o], eqry[o], etime[o]
+    es, etype, eprod, eqty, eqry, etime, epo = es[o], etype[o], eprod[o], eqty[o], eqry[o], etime[o], epo[o]
     # ---- columns ---------------------------------------------------------------------
     P = cat.products
     pid = np.append(P.product_id.to_numpy(), None); pcat = np.append(P.category.to_numpy(), None)
@@ -583,7 +691,9 @@ def simulate_day(world: World, day: int) -> Day:
     # ---- orders, line items, returns ---------------------------------------------------
     orders, items, returns = _orders(world, rng, day, events, etype, es, hum, label, line_s, line_p, line_q,
                                      line_no, order_id, hu)
-    return Day(events, truth, orders, items, returns)
+    event_truth = pd.DataFrame({"event_id": events["event_id"].to_numpy(), "session_id": events["session_id"].to_numpy(),
+                                "p_now": np.clip(epo, 0.0, 1.0)})
+    return Day(events, truth, orders, items, returns, event_truth)
 
 # %% ../nbs/04_simulate.ipynb #7c64a672
 def _orders(world, rng, day, events, etype, es, hum, label, line_s, line_p, line_q, line_no, order_id, hu):
@@ -781,6 +891,7 @@ def simulate(profile: str | Profile = "small", days: int = 7, seed: int = 42, ou
         write_partitioned(table, EVENT, out / "tables" / "events", "event_time", name=f"part-{day:04d}.parquet")
         dayname = utc_day(np.array([world.start_ms + day * DAY_MS]))[0]
         write_table(d.truth, TRUTH, out / "truth" / "sessions" / f"dt={dayname}" / "part-0.parquet")
+        write_table(d.event_truth, EVENT_TRUTH, out / "truth" / "events" / f"dt={dayname}" / "part-0.parquet")
         write_table(dtruth, DELIVERY, out / "truth" / "delivery" / f"dt={dayname}" / "part-0.parquet")
         t = lap("parquet", t)
         for k, v in dtruth.kind.value_counts().items(): delivered[k] += int(v)
@@ -820,6 +931,14 @@ def _progress(show: bool, days: int, name: str):
         p.update(task, advance=1, description=f"{s['day']}: {s['events']:,} events, {s['orders']:,} orders")
         if day == days - 1: p.stop()
     return cb
+
+def load_event_truth(out: str | Path, session_ids=None) -> pd.DataFrame | None:
+    "The oracle at every event (`EVENT_TRUTH`), optionally of some sessions only; None for a world from a simulator that did not write it."
+    import pyarrow.compute as pc, pyarrow.dataset as ds
+    path = Path(out) / "truth" / "events"
+    if not path.exists(): return None
+    flt = None if session_ids is None else pc.field("session_id").isin(list(session_ids))
+    return ds.dataset(path, partitioning="hive").to_table(columns=list(EVENT_TRUTH.columns), filter=flt).to_pandas()
 
 def load_truth(out: str | Path) -> pd.DataFrame:
     "The ground truth of every session of a simulated world (columns a world from an older simulator lacks are absent)."

@@ -23,7 +23,7 @@ from .features import model_features
 
 # %% auto #0
 __all__ = ['DAY_MS', 'BASE_PARAMS', 'DEFAULT_ECONOMICS', 'TrainConfig', 'time_split', 'downsample', 'Encoder', 'datasets',
-           'fit_booster', 'session_sample', 'search', 'decision_points', 'train_pipeline', 'save_run']
+           'fit_booster', 'session_sample', 'search', 'oracle_at_points', 'train_pipeline', 'save_run']
 
 # %% ../nbs/12_train.ipynb #84e33b13
 @dataclass(frozen=True)
@@ -212,62 +212,21 @@ def _half(session_ids: pd.Series) -> np.ndarray:
 def _segments(df: pd.DataFrame) -> pd.DataFrame:
     return df[["device", "country", "traffic_source"]].reset_index(drop=True)
 
-def decision_points(d: str | Path, days: tuple[str, str], max_sessions: int = 50_000,
-                    inactivity_minutes: float = 30.0) -> pd.DataFrame:
-    """The oracle's moment, for a simulated world: one row per human session starting on `days` (first, last; UTC)
-    with a product view before its decision moment (the truth's `decision_time`, when the shopper leaves the last
-    browsing page, where the simulator fixes `p_true`); at most `max_sessions`, sampled by session id. Each row holds the model's
-    features at that moment, as the training set builds them at a scoring point (the fold over the session's
-    events strictly before it, from `tables/events`; the user and product snapshots of that day from `offline/`;
-    the spec's defaults), the segments, `label` and `p_true`. No scoring policy chooses the moment and nothing after
-    it selects the session; what still differs is that the oracle knows browsing is over there, the model does not."""
-    import pyarrow.compute as pc, pyarrow.dataset as ds
-    from propensity.features import SessionState, at_time
-    from propensity.simulate import load_truth
+def oracle_at_points(d: Path, points: pd.DataFrame) -> tuple[np.ndarray | None, str | None]:
+    """The simulator's probability at each scoring point of `points` (`point_id`, `session_id`), for a simulated world:
+    ("moment": `p_now` of the point's event, the oracle at that moment) or, for a world from a simulator that did not
+    write `truth/events`, ("session": the session's `p_true`, fixed at its decision). (None, None) without truth or
+    when a point has no oracle."""
+    from propensity.simulate import load_event_truth, load_truth
     d = Path(d)
-    lo, hi = (int(pd.Timestamp(x, tz="UTC").value // 1_000_000) for x in days)
-    t = load_truth(d)
-    if "decision_time" not in t: return pd.DataFrame()  # a world from a simulator that did not record the moment
-    t = t[(t.kind == "human") & (t.start_time >= lo) & (t.start_time < hi + DAY_MS)].reset_index(drop=True)
-    t = t[session_sample(t.session_id, max_sessions)].set_index("session_id")
-    cols = ["event_id", "event_type", "event_time", "product_id", "category", "price", "quantity", "device", "country",
-            "traffic_source", "user_id", "session_id"]
-    ev = (ds.dataset(d / "tables" / "events", partitioning="hive")
-          .to_table(columns=cols, filter=pc.field("session_id").isin(t.index.to_list())).to_pandas())
-    ev = ev[ev.event_time.to_numpy() < t.decision_time.reindex(ev.session_id).to_numpy()]
-    ev = ev.drop_duplicates(["session_id", "event_id"]).sort_values(["session_id", "event_time", "event_id"], kind="stable")
-    keys = ("event_id", "event_type", "t", "product_id", "category", "price", "quantity", "device", "country",
-            "traffic_source", "user_id")
-    ev = ev.rename(columns={"event_time": "t"}).astype({"quantity": object})
-    ev = ev.astype(object).where(ev.notna(), None)
-    gap = inactivity_minutes * 60_000; rows = []
-    for sid, g in ev.groupby("session_id", sort=False):
-        evs = [dict(zip(keys, v)) for v in zip(*(g[k].tolist() for k in keys))]
-        cut = max([0] + [i for i in range(1, len(evs)) if evs[i]["t"] - evs[i - 1]["t"] > gap])
-        evs = evs[cut:]  # the part of the session the decision belongs to (the batch job's inactivity rule)
-        if not any(e["event_type"] == "product_view" for e in evs): continue
-        st = SessionState()
-        for e in evs: st.update(**e)
-        now = int(t.decision_time[sid])
-        uid = next((e["user_id"] for e in reversed(evs) if e["user_id"] is not None), None)
-        rows.append({"session_id": sid, "event_timestamp": now, "user_id": uid, "product_id": st.current_product,
-                     **at_time(st.features(), now)})
-    out = pd.DataFrame(rows)
-    if not len(out): return out
-    out["dt"] = pd.to_datetime(out.event_timestamp, unit="ms", utc=True).dt.strftime("%Y-%m-%d")
-    for entity, key in (("user", "user_id"), ("product", "product_id")):
-        path = d / "offline" / f"{entity}_features"
-        if not path.exists(): continue
-        snap = ds.dataset(path, partitioning="hive").to_table(filter=pc.field("dt").isin(sorted(out.dt.unique()))).to_pandas()
-        snap = snap.drop(columns=["event_timestamp"]).assign(dt=lambda x: x.dt.astype(str))
-        out = out.merge(snap, on=[key, "dt"], how="left")
-    for f in model_features():
-        col = out[f.name] if f.name in out else pd.Series([None] * len(out), index=out.index, dtype=object)
-        col = col.astype(object).where(col.notna(), f.default)
-        out[f.name] = col.astype({"int64": "int64", "float64": "float64", "string": object, "bool": bool}[f.dtype])
-    out = out.assign(device=out.sess_device, country=out.sess_country, traffic_source=out.sess_traffic_source)
-    truth = t.reindex(out.session_id)
-    return out.assign(label=truth.label.to_numpy(), p_true=truth.p_true.to_numpy())
+    if not (d / "truth" / "sessions").exists() or not len(points): return None, None
+    sess = points["session_id"].str.split("~").str[0]
+    et = load_event_truth(d, sess.unique())
+    if et is not None:
+        pt, kind = et.set_index("event_id")["p_now"].reindex(points["point_id"]).to_numpy(), "moment"
+    else:
+        pt, kind = load_truth(d).set_index("session_id")["p_true"].reindex(sess).to_numpy(), "session"
+    return (None, None) if np.isnan(pt).any() else (pt, kind)
 
 def train_pipeline(data_dir: str | Path, cfg: TrainConfig = TrainConfig(), *, promote: bool = True,
                    economics: dict | None = None, gates: dict | None = None, progress: bool = False) -> dict:
@@ -311,23 +270,11 @@ def train_pipeline(data_dir: str | Path, cfg: TrainConfig = TrainConfig(), *, pr
     metrics["raw"] = evaluate(y[sm], raw_t)
     metrics["segments"] = segment_records(test.assign(score=p_t), "score")
     oracle = None
-    if (d / "truth" / "sessions").exists():
-        from propensity.simulate import load_truth
-        truth = load_truth(d).set_index("session_id")
-        pt = truth.reindex(test["session_id"].str.split("~").str[0])["p_true"].to_numpy()
-        if not np.isnan(pt).any():
-            o = evaluate(y[sm], pt)
-            oracle = dict(pr_auc=o["pr_auc"], brier=o["brier"], pr_auc_ratio=metrics["pr_auc"] / o["pr_auc"],
-                          brier_ratio=metrics["brier"] / o["brier"])
-            # p_true is the probability at the simulator's decision moment: the fair comparison scores every test-week
-            # session at that moment (scoring points know less than the oracle before it and more after it)
-            dp = decision_points(d, tuple(window["test"]))
-            if len(dp) and dp.label.nunique() == 2:
-                p_d = adjuster.transform(calibrator.predict(booster.predict(enc.transform(dp))), _segments(dp))
-                md, od = evaluate(dp.label.astype(int), p_d), evaluate(dp.label.astype(int), dp.p_true)
-                oracle["decision"] = dict(n=int(len(dp)), positives=int(dp.label.sum()), pr_auc=md["pr_auc"], brier=md["brier"],
-                                          ece=md["ece"], oracle_pr_auc=od["pr_auc"], oracle_brier=od["brier"],
-                                          pr_auc_ratio=md["pr_auc"] / od["pr_auc"], brier_ratio=md["brier"] / od["brier"])
+    pt, kind = oracle_at_points(d, test)
+    if pt is not None:
+        o = evaluate(y[sm], pt)
+        oracle = dict(kind=kind, pr_auc=o["pr_auc"], brier=o["brier"], ece=o["ece"],
+                      pr_auc_ratio=metrics["pr_auc"] / o["pr_auc"], brier_ratio=metrics["brier"] / o["brier"])
     econ = dict(DEFAULT_ECONOMICS, **(economics or {}))
     if "aov" not in econ:
         orders = d / "tables" / "orders.parquet"
@@ -361,10 +308,8 @@ def save_run(d: Path, summary: dict, booster, enc: Encoder, val: pd.DataFrame, t
     out = d / "models" / "runs" / run; out.mkdir(parents=True, exist_ok=True)
     cols = ["point_id", "session_id", "event_timestamp", "trigger", "label", "raw", "score", "device", "country", "traffic_source"]
     preds = pd.concat([val[cols].assign(split="val"), test[cols].assign(split="test")], ignore_index=True)
-    if (d / "truth" / "sessions").exists():
-        from propensity.simulate import load_truth
-        pt = load_truth(d).set_index("session_id")["p_true"]
-        preds["p_true"] = pt.reindex(preds["session_id"].str.split("~").str[0]).to_numpy()
+    pt, _ = oracle_at_points(d, preds)
+    if pt is not None: preds["p_true"] = pt  # the oracle at each row (see `oracle_at_points`)
     preds.to_parquet(out / "predictions.parquet", index=False)
     pd.DataFrame({"feature": enc.features, "gain": booster.feature_importance("gain"),
                   "splits": booster.feature_importance("split")}).to_parquet(out / "importance.parquet", index=False)

@@ -29,9 +29,10 @@ def test_strict_gates_refuse_and_register_nothing(world):
     m = s["metrics"]
     assert m["pr_auc"] > 2 * m["base_rate"]                    # far better than chance
     assert m["ece"] < m["raw"]["ece"]                          # calibration helped
-    assert s["oracle"] and 0 < s["oracle"]["pr_auc_ratio"] < 1.5
-    dm = s["oracle"]["decision"]                                # every test session scored at the oracle's moment
-    assert dm["n"] > 1000 and dm["positives"] > 20 and 0 < dm["pr_auc_ratio"] < 1.5 and dm["brier_ratio"] > 0.5
+    o = s["oracle"]                                             # the simulator's probability at each test point
+    assert o["kind"] == "moment" and 0 < o["pr_auc_ratio"] < 1.5
+    assert o["brier"] < m["brier"] and o["pr_auc"] > m["pr_auc"]  # it knows the latent intent: better than any model
+    assert o["ece"] < 0.05                                      # and is calibrated on the scoring points
     # the study is stored: the same window resumes it instead of starting over
     study = optuna.load_study(study_name=s["study"], storage=f"sqlite:///{world / 'models' / 'optuna.db'}")
     assert len(study.trials) == 3
@@ -62,32 +63,3 @@ def test_relaxed_gates_register_promote_and_reproduce(world):
     assert s["bands"]["thresholds"]["high"] > s["bands"]["thresholds"]["medium"]
 
 
-def test_decision_points_hold_the_training_sets_features_at_that_moment(world):
-    """At the decision moment a session's features are those the batch job gives a scoring point at the same moment:
-    where the shopper goes on to the cart, the cart view's scoring point is at the decision moment."""
-    import pandas as pd
-    from propensity.features import model_features
-    from propensity.simulate import load_truth
-    from propensity.train import decision_points
-    tr = read_table(world / "training" / "training_set")
-    tr = tr[time_split(tr, CFG)["test"]]
-    days = pd.to_datetime(tr.event_timestamp, utc=True).dt.strftime("%Y-%m-%d")
-    dp = decision_points(world, (days.min(), days.max())).set_index("session_id")
-    truth = load_truth(world).set_index("session_id")
-    assert len(dp) > 1000 and dp.label.sum() > 20
-    assert (dp.event_timestamp == truth.decision_time.reindex(dp.index)).all()
-    assert dp.p_true.equals(truth.p_true.reindex(dp.index)) and dp.label.equals(truth.label.reindex(dp.index))
-    ev = read_table(world / "tables" / "events")[["session_id", "event_id", "event_time"]]
-    after = ev[ev.event_time.to_numpy() >= truth.decision_time.reindex(ev.session_id).to_numpy()]
-    first_after = after.groupby("session_id").event_time.min()
-    bad = read_table(world / "truth" / "delivery").query("kind == 'malformed'").event_id.str.split("-m").str[0]
-    spoiled = set(ev[ev.event_id.isin(set(bad))].session_id)
-    cv = tr[tr.trigger == "cart_view"].assign(ms=lambda x: x.event_timestamp.astype("datetime64[ms, UTC]").astype("int64"))
-    cv = cv[cv.session_id.isin(dp.index) & ~cv.session_id.isin(spoiled)]
-    cv = cv[cv.ms.to_numpy() == first_after.reindex(cv.session_id).to_numpy()].set_index("session_id")
-    assert len(cv) >= 30, len(cv)
-    feats = [f.name for f in model_features() if f.name in cv.columns]   # the request-time ones too: the same moment
-    got, want = dp.loc[cv.index, feats], cv[feats]
-    for f in feats:
-        same = (got[f].to_numpy() == want[f].to_numpy()) | (pd.isna(got[f]).to_numpy() & pd.isna(want[f]).to_numpy())
-        assert same.all(), f"{f}: {(~same).sum()} of {len(same)} sessions differ"
