@@ -64,8 +64,8 @@ def requests_of(d: Path, n: int, seed: int = 0) -> list[dict]:
     rows = tr.sample(min(n, len(tr)), random_state=seed, replace=n > len(tr))
     at = pd.to_datetime(rows["event_timestamp"], utc=True).astype("datetime64[ns, UTC]").astype("int64") // 1_000_000
     return [{"user_id": u if isinstance(u, str) else None, "anonymous_id": "bench", "session_id": s,
-             "product_id": p if isinstance(p, str) else None, "at_ms": int(t)}
-            for u, s, p, t in zip(rows["user_id"], rows["session_id"], rows["product_id"], at)]
+             "product_id": p if isinstance(p, str) else None, "at_ms": int(t), "event_type": None if e == "none" else e}
+            for u, s, p, t, e in zip(rows["user_id"], rows["session_id"], rows["product_id"], at, rows["sess_request_event"])]
 
 
 def pct(xs, q) -> float: return float(np.percentile(np.asarray(xs) * 1000, q))  # ms
@@ -93,7 +93,7 @@ def baseline(store, sc: Scorer, reqs: list[dict]) -> tuple[list[float], list[flo
                 from propensity.features import FEATURES
                 df[f] = df[f].fillna(next(x.default for x in FEATURES if x.name == f))
         from propensity.features import at_time
-        row = at_time({c: df[c].iloc[0] for c in df.columns}, q["at_ms"])
+        row = at_time({c: df[c].iloc[0] for c in df.columns}, q["at_ms"], q.get("event_type"))
         X = mb.encoder.transform(pd.DataFrame([row]))
         raw = mb.model.booster.predict(X)
         p = mb.calibrated.calibrate(raw, {c: [row[f]] for c, f in SEGMENT_FEATURES.items()})[0]

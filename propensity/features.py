@@ -79,6 +79,8 @@ FEATURES: tuple[Feature, ...] = (
     S("sess_events_per_minute", "float64", "Events per minute of session so far.", 0.0, "request"),
     S("sess_hour", "int64", "Hour of day (UTC) at scoring.", 0, "request"),
     S("sess_weekend", "bool", "Scoring on a Saturday or Sunday.", False, "request"),
+    S("sess_request_event", "string", "The event the score is asked at (add_to_cart, cart_view, product_view, ...): "
+      "the scoring request's own event, not yet in the state; 'none' when the caller does not say.", "none", "request"),
     # --- user: daily batch ---------------------------------------------------------------
     U("user_orders_lifetime", "int64", "Orders placed before the snapshot."),
     U("user_orders_90d", "int64", "Orders in the 90 days before the snapshot."),
@@ -237,14 +239,15 @@ class SessionState:
         s.attrs = (tuple(attrs[0]) if attrs[0] is not None else None, *attrs[1:])
         return s
 
-def at_time(feats: dict, now_ms: int) -> dict:
-    "Add the `request` features for scoring at `now_ms` to `state` features (from the fold or the online store)."
+def at_time(feats: dict, now_ms: int, event_type: str | None = None) -> dict:
+    """Add the `request` features for scoring at `now_ms`, asked at an event of `event_type` (None: not said), to
+    `state` features (from the fold or the online store)."""
     first, last = feats.get("sess_first_event_ms") or now_ms, feats.get("sess_last_event_ms") or now_ms
     dur = max(now_ms - first, 0) / 1000
     wd = ((now_ms // 86_400_000) + 3) % 7  # 1970-01-01 was a Thursday; Monday = 0
     return {**feats, "sess_duration_s": dur, "sess_seconds_since_last_event": max(now_ms - last, 0) / 1000,
             "sess_events_per_minute": round(feats.get("sess_events", 0) / max(dur / 60, 1 / 60), 4),
-            "sess_hour": int(now_ms // 3_600_000 % 24), "sess_weekend": wd >= 5}
+            "sess_hour": int(now_ms // 3_600_000 % 24), "sess_weekend": wd >= 5, "sess_request_event": event_type or "none"}
 
 # %% ../nbs/05_features.ipynb #3c174de8
 @dataclass(frozen=True)
@@ -308,7 +311,7 @@ def fold_session(events: Iterable[dict], policy: ScoringPolicy = ScoringPolicy()
         if why is None or e["event_id"] in st.seen: continue
         prod = e["product_id"] if e["event_type"] in _PRODUCT_EVENTS and e["product_id"] else st.current_product
         rows.append({"point_id": e["event_id"], "event_timestamp": t, "trigger": why, "product_id": prod,
-                     "user_id": uid, **at_time(st.features(), t)})
+                     "user_id": uid, **at_time(st.features(), t, None if why == "sampled" else e["event_type"])})
     for e in evs[i:]: st.update(**e)
     return rows, st
 

@@ -468,7 +468,7 @@ class Scorer:
         now_ms = req.get("at_ms") or now_ms or _now_ms()
         mb = mb or self.models.current
         state, missing, times = self.reader.decode(replies)
-        values = at_time(state, now_ms)
+        values = at_time(state, now_ms, req.get("event_type"))
         raw, p = remote if remote is not None else mb.score(values)
         out = self._answer(req, mb, p, raw, now_ms, values=values, missing=missing, times=times)
         if req.get("explain") and remote is None: out["contributions"] = mb.contributions(values)
@@ -476,7 +476,7 @@ class Scorer:
 
     def values(self, req: Mapping, replies: Sequence, now_ms: int | None = None) -> dict:
         "The complete feature dict (state + request-time) a request is scored on."
-        return at_time(self.reader.decode(replies)[0], req.get("at_ms") or now_ms or _now_ms())
+        return at_time(self.reader.decode(replies)[0], req.get("at_ms") or now_ms or _now_ms(), req.get("event_type"))
 
     def fallback(self, req: Mapping, reason: str, now_ms: int | None = None) -> dict:
         "The degraded answer: the segment prior of the request's context (device, country, traffic source)."

@@ -92,6 +92,10 @@ class ScoreRequest(BaseModel):
     country: str | None = Field(None, max_length=8, description="Front-end context for the fallback prior.")
     traffic_source: str | None = Field(None, max_length=32, description="Front-end context for the fallback prior.")
     at_ms: int | None = Field(None, ge=946_684_800_000, le=4_102_444_800_000, description="Score as of this UTC ms (default: now).")
+    event_type: Literal["page_view", "search", "product_view", "add_to_cart", "remove_from_cart", "cart_view",
+                        "checkout_start", "heartbeat"] | None = Field(
+        None, description="The event the score is asked at (the shopper is adding to cart, viewing the cart, ...); "
+                          "without it the request event is scored as unknown (every training point had one), so send it.")
 
 class BatchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")

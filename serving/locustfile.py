@@ -31,8 +31,9 @@ def _load(environment, **kw):
     if not KEY: raise SystemExit("set PROPENSITY_API_KEYS (the service's key) for the load test")
     from propensity.contracts import read_table
     tr = read_table(DATA / "training" / "training_set").sort_values("event_timestamp").tail(20_000)
-    for u, s, p in zip(tr["user_id"], tr["session_id"], tr["product_id"]):
-        IDS.append({k: v for k, v in (("user_id", u), ("session_id", s), ("product_id", p)) if isinstance(v, str)})
+    for u, s, p, e in zip(tr["user_id"], tr["session_id"], tr["product_id"], tr["sess_request_event"]):
+        IDS.append({k: v for k, v in (("user_id", u), ("session_id", s), ("product_id", p),
+                                      ("event_type", None if e == "none" else e)) if isinstance(v, str)})
     IDS.extend({"session_id": f"new-{i}"} for i in range(len(IDS) // 20))  # ~5% sessions the store has not seen yet
     days = sorted((DATA / "events").glob("dt=*"))
     for f in sorted(days[-1].glob("*.jsonl"))[:3] if days else []:

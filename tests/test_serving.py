@@ -163,6 +163,12 @@ def test_score_returns_the_in_process_answer_with_band_action_and_contributions(
     assert unknown["missing"] == ["user", "session", "product"] and unknown["feature_age_s"] is None and not unknown["degraded"]
     e = service.client.post("/v1/score", json=req(rows[0], at_ms=at, explain=True)).json()
     assert len(e["contributions"]) == 6 and e["contributions"][-1]["feature"] == "_bias"
+    # the request's own event is a request-time feature: it reaches the model as the backfill gives it
+    for ev in ("add_to_cart", "cart_view"):
+        a = service.client.post("/v1/score", json=req(rows[0], at_ms=at, event_type=ev)).json()
+        q = {**rows[0], "anonymous_id": "anon-1", "at_ms": at, "event_type": ev}
+        assert a["probability"] == pytest.approx(sc.score(r, q)["probability"], abs=1e-12)
+        assert sc.values(q, [r.hmget(*c) if c else None for c in sc.plan(q)])["sess_request_event"] == ev
     logit = np.log(e["raw_score"] / (1 - e["raw_score"]))
     assert abs(sum(c["contribution"] for c in e["contributions"])) <= abs(logit) + sum(abs(c["contribution"]) for c in e["contributions"])
     batch = service.client.post("/v1/score/batch", json={"requests": [req(x, at_ms=at) for x in rows[:5]]}).json()["results"]
@@ -187,6 +193,8 @@ def test_bad_input_is_a_422_naming_the_field(service):
     assert r.status_code == 422 and any("explian" in e for e in r.json()["errors"])
     r = service.client.post("/v1/score/batch", json={"requests": []})
     assert r.status_code == 422 and "body.requests" in r.json()["errors"][0]
+    r = service.client.post("/v1/score", json={"session_id": "s", "anonymous_id": "a", "event_type": "click"})
+    assert r.status_code == 422 and any("body.event_type" in e for e in r.json()["errors"])
 
 
 def test_collector_appends_valid_events_and_dead_letters_the_rest(world, service):
