@@ -98,7 +98,8 @@ def read_events(spark, data_dir: Path, columns=None):
         raw = (spark.read.text(str(landing), recursiveFileLookup=True, pathGlobFilter="*.jsonl")
                .withColumn("source", F.input_file_name()))
         cols = list(columns or EVENT.columns)
-        fast, slow, parsed = spark_fast_path(EVENT, raw, keep=cols)  # the cache holds only the columns asked for
+        # the cache holds only the columns asked for, and the file name only for the lines the validator reads
+        fast, slow, parsed = spark_fast_path(EVENT, raw, keep=cols, slow_only=["source"])
         schema = T.StructType([T.StructField(f.name, T.DoubleType() if f.name == "quantity" else f.dataType, True)
                                for f in EVENT.spark_schema().fields] + [T.StructField(n, T.StringType()) for n, _ in _EXTRA])
         checked = slow.mapInPandas(_validate_batches, schema)

@@ -413,24 +413,33 @@ def _spark_parse_schema(contract: Contract):
           "timestamp_ms": T.LongType()}
     return T.StructType([T.StructField(f.name, st[f.dtype]) for f in contract.fields] + [T.StructField("_corrupt", T.StringType())])
 
-def spark_fast_path(contract: Contract, raw, value_col: str = "value", persist: bool = True, keep=None):
+# what Spark makes of a number, true/false, an object or an array in a string field starts with one of these or is
+# one of these words (a superset: +, . and the non-numeric numbers' words are included whatever their form)
+_NOT_STRING_START = [ord(ch) for ch in "0123456789-+.{[\""]
+_NOT_STRING_WORDS = ("true", "false", "NaN", "INF", "Infinity")
+
+def spark_fast_path(contract: Contract, raw, value_col: str = "value", persist: bool = True, keep=None,
+                    slow_only: Sequence[str] = ()):
     """Split a Spark DataFrame of raw JSON lines into (certainly valid rows, typed and normalised like
     `Contract.validate` output, plus the other columns of `raw`) and (every other raw row, for `Contract.validate`).
     With `persist`, the lines are parsed once and cached (typed columns, plus the raw line only where needed); the
     third value is that cached frame (None without `persist`): unpersist it when done. `keep` (contract column
-    names) limits the typed columns the valid rows carry (and the cache holds); every field is still checked."""
+    names) limits the typed columns the valid rows carry (and the cache holds); every field is still checked.
+    `slow_only` (other columns of `raw`) are carried by the other rows only (not by the valid rows, nor cached for them)."""
     from pyspark.sql import functions as F
-    parsed = raw.withColumn("_r", F.from_json(F.col(value_col), _spark_parse_schema(contract),
-                                              {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": "_corrupt"}))
+    parsed = raw.withColumn("_r", F.from_json(F.col(value_col), _spark_parse_schema(contract), {
+        "mode": "PERMISSIVE", "columnNameOfCorruptRecord": "_corrupt", "allowSingleQuotes": "false"}))
     c = lambda name: F.col(f"_r.{name}")
-    ok = [F.col("_r").isNotNull(), c("_corrupt").isNull()]
-    # a string field holding a number, true/false, an object or an array: Spark would turn it into text. Any value
-    # that is not a string or null after a key other than the non-string fields sends the line to the validator
-    # (a superset of those lines; a colon-first pattern is cheaper than trying every string key at every quote)
-    others = "|".join(f'"{f.name}":' for f in contract.fields if f.dtype != "string")
-    ok.append(~F.col(value_col).rlike(":" + (f"(?<!{others})" if others else "") + r'\s*[^\s"n]'))
+    v = F.col(value_col)
+    # Spark stops at the end of the object and ignores what follows: the line's first } must be its last byte (a byte
+    # search: instr/locate count characters and measured slower)
+    ok = [F.col("_r").isNotNull(), c("_corrupt").isNull(),
+          F.octet_length(F.substring_index(v, "}", 1)) == F.octet_length(v) - 1]
     for f in contract.fields:
         col = c(f.name)
+        if f.dtype == "string":  # a number, true/false, an object or an array that Spark turned into text
+            a = F.ascii(col)
+            ok.append(col.isNull() | (~a.isin(*_NOT_STRING_START) & ~col.isin(*_NOT_STRING_WORDS)))
         if f.required:
             ok.append(col.isNotNull() & ((col != "") if f.dtype == "string" else F.lit(True)))
         if f.allowed is not None: ok.append(col.isNull() | col.isin(*f.allowed))
@@ -445,10 +454,12 @@ def spark_fast_path(contract: Contract, raw, value_col: str = "value", persist: 
     rest = [x for x in raw.columns if x != value_col]
     typed = [(F.when(c(f.name) != "", c(f.name)) if f.dtype == "string" and not f.required else c(f.name)).alias(f.name)
              for f in contract.fields if keep is None or f.name in keep]
-    parsed = parsed.select(*typed, *rest, good.alias("_ok"), F.when(~good, F.col(value_col)).alias(value_col))
+    parsed = parsed.select(*typed, *[F.when(~good, F.col(x)).alias(x) if x in slow_only else F.col(x) for x in rest],
+                           good.alias("_ok"), F.when(~good, F.col(value_col)).alias(value_col))
     if persist:
         from pyspark import StorageLevel
         parsed = parsed.persist(StorageLevel.MEMORY_AND_DISK)
-    fast = parsed.filter("_ok").select(*[n for n in contract.columns if keep is None or n in keep], *rest)
+    fast = parsed.filter("_ok").select(*[n for n in contract.columns if keep is None or n in keep],
+                                       *[x for x in rest if x not in slow_only])
     slow = parsed.filter(~F.col("_ok")).select(value_col, *rest)
     return fast, slow, (parsed if persist else None)
