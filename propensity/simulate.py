@@ -427,22 +427,6 @@ class _Oracle:
             out[sl] = res
         return out
 
-    def __call__(self, u, r, shift, added) -> np.ndarray:
-        u = np.asarray(u, float); n = len(u)
-        r = np.broadcast_to(np.asarray(r, int), n); shift = np.broadcast_to(np.asarray(shift, float), n)
-        added = np.broadcast_to(np.asarray(added, bool), n)
-        idx = np.clip((u - self.b - self.x0) / self.dx, 0, self.G - 1 - 1e-9)
-        i0 = idx.astype(int); f = idx - i0
-        out = np.empty(n)
-        for sh, (V, W) in self.tables.items():
-            m = shift == sh
-            if not m.any(): continue
-            rr, ii, ff, aa = r[m], i0[m], f[m], added[m]
-            v = V[rr, ii] * (1 - ff) + V[rr, ii + 1] * ff
-            wv = W[rr, ii] * (1 - ff) + W[rr, ii + 1] * ff
-            out[m] = np.where(aa, wv, v)
-        return out
-
 _UPLIFT = np.array(["lost_cause", "sleeping_dog", "persuadable", "sure_thing"], object)
 
 def simulate_day(world: World, day: int) -> Day:
