@@ -198,9 +198,13 @@ GATE_FLAGS = {"pr_auc_tolerance": "PR-AUC may be this much below the serving mod
 def cmd_train(args, settings: Settings) -> int:
     from propensity.train import TrainConfig, train_pipeline
     data = _data_arg(args, settings)
+    for k in ("hpo_max_rows", "hpo_max_val_rows"):
+        if (v := getattr(args, k)) is not None and v < 0:
+            raise UsageError(f"--{k.replace('_', '-')}={v}: expected 0 (all rows) or a row count")
     try:
         cfg = TrainConfig(n_trials=args.trials, timeout_s=args.timeout, val_days=args.val_days, test_days=args.test_days,
-                          until=args.until)
+                          until=args.until, **{k: v for k in ("hpo_max_rows", "hpo_max_val_rows")
+                                               if (v := getattr(args, k)) is not None})
     except ValueError as e: raise UsageError(str(e)) from None
     gates = {k: getattr(args, k) for k in GATE_FLAGS if getattr(args, k) is not None}
     for k, v in gates.items():
@@ -335,6 +339,10 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--val-days", type=int, default=7); t.add_argument("--test-days", type=int, default=7)
     t.add_argument("--until", help="last UTC day (YYYY-MM-DD) to train on; later days are left for monitoring and recalibration")
     t.add_argument("--no-promote", action="store_true", help="register a passing candidate without promoting it")
+    for k, what in (("hpo_max_rows", "training"), ("hpo_max_val_rows", "validation")):
+        t.add_argument(f"--{k.replace('_', '-')}", type=int,
+                       help=f"{what} rows an HPO trial sees at most (whole sessions, sampled by id); 0 = all "
+                            f"(default {'600,000' if k == 'hpo_max_rows' else '300,000'})")
     for k, doc in GATE_FLAGS.items():
         t.add_argument(f"--{k.replace('_', '-')}", type=int if k == "min_segment_support" else float, help=f"gate: {doc}")
     t.add_argument("--quiet", action="store_true")

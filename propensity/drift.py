@@ -75,7 +75,11 @@ def recalibrate(data_dir: str | Path, *, days: int = 7, version: str | None = No
         raise DriftError(f"{root}: no promoted model to recalibrate; train one first (`propensity train --data {d}`)")
     m = load(root, version, expected_spec_hash=spec_hash())
     window = m.lineage.get("training_window") or {}
-    end = max(v[1] for v in window.values() if isinstance(v, (list, tuple)) and len(v) == 2)
+    ends = [v[1] for v in window.values() if isinstance(v, (list, tuple)) and len(v) == 2]
+    if not ends:
+        raise DriftError(f"{m.version}: lineage.training_window={window!r}, expected the [first, last] day of each split "
+                         "(train, val, test); without it there is no window to recalibrate after")
+    end = max(ends)
     path = d / "training" / "training_set"
     if not path.exists(): raise DriftError(f"{d}: no training/training_set; run `propensity features --data {d}` first")
     rows = rows_after(read_table(path), end, days)

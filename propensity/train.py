@@ -270,9 +270,10 @@ def train_pipeline(data_dir: str | Path, cfg: TrainConfig = TrainConfig(), *, pr
     metrics["raw"] = evaluate(y[sm], raw_t)
     metrics["segments"] = segment_records(test.assign(score=p_t), "score")
     oracle = None
-    pt, kind = oracle_at_points(d, test)
+    pt, kind = oracle_at_points(d, pd.concat([val, test], ignore_index=True))  # one read: the run keeps both splits
     if pt is not None:
-        o = evaluate(y[sm], pt)
+        val["p_true"], test["p_true"] = pt[:len(val)], pt[len(val):]
+        o = evaluate(y[sm], test["p_true"].to_numpy())
         oracle = dict(kind=kind, pr_auc=o["pr_auc"], brier=o["brier"], ece=o["ece"],
                       pr_auc_ratio=metrics["pr_auc"] / o["pr_auc"], brier_ratio=metrics["brier"] / o["brier"])
     econ = dict(DEFAULT_ECONOMICS, **(economics or {}))
@@ -301,15 +302,14 @@ def train_pipeline(data_dir: str | Path, cfg: TrainConfig = TrainConfig(), *, pr
 
 def save_run(d: Path, summary: dict, booster, enc: Encoder, val: pd.DataFrame, test: pd.DataFrame, X_test, study) -> Path:
     """Keep what the reports read: `DIR/models/runs/<run>/` with summary.json, predictions.parquet (validation and
-    test rows: ids, label, raw and calibrated score, segments, oracle p_true when known), importance.parquet (gain per
+    test rows: ids, label, raw and calibrated score, segments, the oracle `p_true` when the frames carry it), importance.parquet (gain per
     feature), contributions.parquet (LightGBM SHAP values of up to 2,000 test rows) and trials.parquet (HPO history);
     `DIR/models/latest_run.json` points to it."""
     run = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f"-{summary['version'] or 'rejected'}"
     out = d / "models" / "runs" / run; out.mkdir(parents=True, exist_ok=True)
     cols = ["point_id", "session_id", "event_timestamp", "trigger", "label", "raw", "score", "device", "country", "traffic_source"]
     preds = pd.concat([val[cols].assign(split="val"), test[cols].assign(split="test")], ignore_index=True)
-    pt, _ = oracle_at_points(d, preds)
-    if pt is not None: preds["p_true"] = pt  # the oracle at each row (see `oracle_at_points`)
+    if "p_true" in test: preds["p_true"] = pd.concat([val["p_true"], test["p_true"]], ignore_index=True)  # the oracle at each row
     preds.to_parquet(out / "predictions.parquet", index=False)
     pd.DataFrame({"feature": enc.features, "gain": booster.feature_importance("gain"),
                   "splits": booster.feature_importance("split")}).to_parquet(out / "importance.parquet", index=False)

@@ -108,3 +108,20 @@ def test_cli_needs_days_after_the_models_window(drifted, recal, capsys, tmp_path
     assert "no rows after the model's window" in capsys.readouterr().err
     assert main(["recalibrate", "--data", str(tmp_path)]) == 2
     assert "no promoted model to recalibrate" in capsys.readouterr().err
+
+
+def test_a_version_without_a_training_window_is_refused_by_name(drifted, tmp_path):
+    import shutil
+    from propensity.drift import DriftError
+    from propensity.registry import register
+    out, _ = drifted
+    w = tmp_path / "w"
+    shutil.copytree(out / "registry", w / "registry")
+    shutil.copytree(out / "training", w / "training")
+    m = load(w / "registry", "v0001")
+    lineage = {k: v for k, v in m.lineage.items() if k != "training_window"}
+    v = register(w / "registry", booster_text=m.booster.model_to_string(), calibration=m.calibration,
+                 feature_names=m.feature_names, spec_hash=m.spec_hash, training_window={}, metrics=m.metrics,
+                 gates=m.gates, bands=m.bands, lineage=lineage, params=m.params)
+    with pytest.raises(DriftError, match=rf"{v}: lineage.training_window=\{{\}}, expected the \[first, last\] day"):
+        recalibrate(w, version=v, progress=False)
