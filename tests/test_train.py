@@ -33,6 +33,12 @@ def test_strict_gates_refuse_and_register_nothing(world):
     assert o["kind"] == "moment" and 0 < o["pr_auc_ratio"] < 1.5
     assert o["brier"] < m["brier"] and o["pr_auc"] > m["pr_auc"]  # it knows the latent intent: better than any model
     assert o["ece"] < 0.05                                      # and is calibrated on the scoring points
+    # the run keeps the oracle beside every validation and test row: p_now of the row's own event
+    from propensity.simulate import load_event_truth
+    preds = read_table(f"{s['run_dir']}/predictions.parquet")
+    assert set(preds["split"]) == {"val", "test"}
+    p_now = load_event_truth(world).set_index("event_id")["p_now"]
+    np.testing.assert_allclose(preds["p_true"], p_now.reindex(preds["point_id"]).to_numpy())
     # the study is stored: the same window resumes it instead of starting over
     study = optuna.load_study(study_name=s["study"], storage=f"sqlite:///{world / 'models' / 'optuna.db'}")
     assert len(study.trials) == 3
