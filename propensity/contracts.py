@@ -443,7 +443,8 @@ def spark_fast_path(contract: Contract, raw, value_col: str = "value", persist: 
         if f.required:
             ok.append(col.isNotNull() & ((col != "") if f.dtype == "string" else F.lit(True)))
         if f.allowed is not None: ok.append(col.isNull() | col.isin(*f.allowed))
-        if f.pattern is not None: ok.append(col.isNull() | col.rlike(f"^(?:{f.pattern})$"))
+        if f.pattern is not None:  # \z: Java's $ also matches before a final line break ("DE\n" is not a country)
+            ok.append(col.isNull() | col.rlike(f"^(?:{f.pattern})\\z"))
         if f.dtype == "float64": ok.append(col.isNull() | (~F.isnan(col) & (F.abs(col) < float("inf"))))
         if f.min is not None: ok.append(col.isNull() | (col >= f.min))
         if f.max is not None: ok.append(col.isNull() | (col <= f.max))

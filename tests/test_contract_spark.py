@@ -23,6 +23,7 @@ def tricky() -> list[bytes]:
         {"colour": "red"}, {"session_id": None}, {"anonymous_id": 7}, {"quantity": None}, {"price": 0},
         {"quantity": 0}, {"event_type": "page_view", "product_id": None, "price": None, "quantity": None},
         {"search_query": 'say "user_id": 5 loudly'}, {"price": 1e308}, {"event_time": 1.7095392e12},
+        {"country": "DE\n"}, {"country": "\nDE"},
     ]
     lines = [orjson.dumps({**GOOD, **v, "event_id": v.get("event_id", f"e{i}")}) for i, v in enumerate(variants)]
     no_key = dict(GOOD, event_id="e-nokey"); del no_key["device"]
@@ -63,7 +64,7 @@ def test_tricky_records_get_the_same_verdicts_and_reasons(tmp_path, spark):
     assert 10 < len(v) and 15 < len(r)  # both outcomes are exercised
     reasons = " | ".join(r["reason"])
     for s in ("user_id=123: expected a string", "price='9.99': expected a number", "quantity=1.5: expected an integer",
-              "price='NaN'", "country='de'", "record: not valid JSON", "record: expected a JSON object"):
+              "price='NaN'", "country='de'", "country='DE\\n'", "record: not valid JSON", "record: expected a JSON object"):
         assert s in reasons, s
     got = v.set_index("event_id")
     assert got.loc["e7", "quantity"] == 2                      # an integral float is an integer
