@@ -26,7 +26,8 @@ from .livestream import FIELD, START, dead_letter_key, format_id, parse_id
 # %% auto #0
 __all__ = ['EV_KEYS', 'EV_COLUMNS', 'SESSION_FEATURES', 'SOURCE_NAME', 'SOURCE_SCHEMA', 'ONLINE_LUA', 'OUTPUT_DDL', 'ROCKSDB',
            'VALID_DDL', 'SCANS', 'StreamConfig', 'StreamPaths', 'part_id', 'session_step', 'validate_entries',
-           'register_source', 'write_dead_letters', 'write_dead_letter_file', 'online_args', 'write_online',
+           'pack_events', 'split_range', 'read_entries', 'register_source', 'write_dead_letters', 'pending_key',
+           'stage_dead_letters', 'flush_dead_letters', 'write_dead_letter_file', 'online_args', 'write_online',
            'landing_files', 'landing_lines', 'replay', 'output_ddl', 'pack_rows', 'unpack_rows', 'packed_events',
            'encode_bucket', 'decode_bucket', 'evict_expired', 'bucket_step', 'bucket_timer', 'build_query',
            'offline_table', 'Sink', 'metrics_line', 'Stopper', 'run_stream', 'check_layout', 'committed_offset',
@@ -158,7 +159,34 @@ def validate_entries(ids: list[str], lines: list, arrivals: list[int] | None = N
 
 # %% ../nbs/17_streaming.ipynb #20b19de0
 SOURCE_NAME = "redis_stream"
-SOURCE_SCHEMA = "id string, arrival_ms long, value binary"
+SOURCE_SCHEMA = "event_id string, event_time long, session_id string, ev string"  # all null for a rejected entry
+_PACK = tuple(zip((*EV_COLUMNS, "session_id", "arrival_ms"), (*EV_KEYS, "sid", "a")))  # valid frame column -> packed key
+
+def pack_events(valid) -> list[str]:
+    "The processor's input values (`packed_events` reads them) of `validate_entries`' valid rows: the fold's keys, nulls (and NaN) left out."
+    cols, keys = [valid[c].tolist() for c, _ in _PACK], [k for _, k in _PACK]
+    dumps = orjson.dumps
+    return [dumps({k: x for k, x in zip(keys, row) if x is not None and x == x}).decode() for row in zip(*cols)]
+
+def split_range(start: str, end: str, n: int) -> list[tuple[str, str]]:
+    """XRANGE bounds `(min, max)` of up to `n` consecutive slices of the entries after id `start` up to id `end`
+    (inclusive), cut at millisecond boundaries: every entry is in exactly one slice."""
+    (a, _), (b, _) = parse_id(start), parse_id(end)
+    cuts = sorted({a + (b - a) * k // n for k in range(1, max(1, n))} - {b})  # the last ms of each slice but the last
+    bounds, lo = [], f"({start}"
+    for c in cuts: bounds.append((lo, str(c))); lo = str(c + 1)  # `c` as a max: all of ms c; `c+1` as a min: from (c+1)-0
+    return bounds + [(lo, end)]
+
+def read_entries(ids: list[str], lines: list):
+    """Parse and validate entries: (an Arrow batch of `SOURCE_SCHEMA`, one row per entry, the rejected ones null;
+    the rejected frame: id, record, reason), with the arrival time of an entry = its id's milliseconds."""
+    import pyarrow as pa
+    valid, rejected = validate_entries(ids, lines, [parse_id(i)[0] for i in ids])
+    pad = [None] * len(rejected)
+    return pa.RecordBatch.from_arrays(
+        [pa.array(valid["event_id"].tolist() + pad, pa.string()), pa.array(valid["event_time"].tolist() + pad, pa.int64()),
+         pa.array(valid["session_id"].tolist() + pad, pa.string()), pa.array(pack_events(valid) + pad, pa.string())],
+        names=["event_id", "event_time", "session_id", "ev"]), rejected
 
 def _client(url: str):
     from propensity.onlinestore import redis_client
@@ -173,7 +201,7 @@ def _redis_source_class():
     from pyspark.sql.datasource import DataSource, DataSourceStreamReader, InputPartition
 
     class _Range(InputPartition):
-        def __init__(self, start: str, end: str): self.start, self.end = start, end
+        def __init__(self, lo: str, hi: str): self.lo, self.hi = lo, hi  # XRANGE min and max
 
     class RedisStreamReader(DataSourceStreamReader):
         def __init__(self, options: dict):
@@ -182,6 +210,7 @@ def _redis_source_class():
             parse_id(self.start)
             m = options.get("maxRowsPerBatch")
             self.max_rows = int(m) if m not in (None, "", "0") else None
+            self.parts = int(options.get("partitions", 1))
             self._r = None
 
         def __getstate__(self): return {**self.__dict__, "_r": None}
@@ -206,22 +235,22 @@ def _redis_source_class():
 
         def partitions(self, start: dict, end: dict):
             if parse_id(end["id"]) <= parse_id(start["id"]): return []
-            return [_Range(start["id"], end["id"])]
+            return [_Range(lo, hi) for lo, hi in split_range(start["id"], end["id"], self.parts)]
 
         def read(self, partition):
-            import pyarrow as pa
             r = _client(self.url)
-            after, page = partition.start, 20_000
-            while True:
-                rows = r.xrange(self.stream, min=f"({after}", max=partition.end, count=page)
-                if not rows: break
-                ids = [_entry_id(i) for i, _ in rows]
-                yield pa.RecordBatch.from_arrays(
-                    [pa.array(ids, pa.string()), pa.array([parse_id(i)[0] for i in ids], pa.int64()),
-                     pa.array([f.get(FIELD, b"") for _, f in rows], pa.binary())], names=["id", "arrival_ms", "value"])
-                if len(rows) < page: break
-                after = ids[-1]
-            r.close()
+            lo, page = partition.lo, 20_000
+            try:
+                while True:
+                    rows = r.xrange(self.stream, min=lo, max=partition.hi, count=page)
+                    if not rows: break
+                    ids = [_entry_id(i) for i, _ in rows]
+                    batch, rejected = read_entries(ids, [f.get(FIELD, b"") for _, f in rows])
+                    stage_dead_letters(r, self.stream, rejected)
+                    yield batch
+                    if len(rows) < page: break
+                    lo = f"({ids[-1]}"
+            finally: r.close()
 
         def commit(self, end: dict) -> None: pass  # the stream keeps its entries (a replay can re-read them)
 
@@ -257,6 +286,27 @@ def write_dead_letters(client, stream: str, rejected) -> int:
         client.xadd(key, {FIELD: rec.encode() if isinstance(rec, str) else rec, b"reason": why.encode(),
                           b"source": f"{stream}:{i}".encode()})
         new += 1
+    return new
+
+def pending_key(stream: str) -> str:
+    "Where the Redis source's reader tasks stage a micro-batch's dead letters for the sink (a hash: entry id -> record, reason)."
+    return dead_letter_key(stream) + ":pending"
+
+def stage_dead_letters(client, stream: str, rejected) -> None:
+    "Stage rejected rows (id, record, reason) for `flush_dead_letters` (idempotent: one field per entry id)."
+    if len(rejected):
+        client.hset(pending_key(stream), mapping={i: orjson.dumps([rec, why]) for i, rec, why in
+                                                  zip(rejected["id"], rejected["record"], rejected["reason"])})
+
+def flush_dead_letters(client, stream: str) -> int:
+    "Write the staged dead letters of `stream` in entry order (`write_dead_letters`), then unstage them; returns how many were new."
+    import pandas as pd
+    key = pending_key(stream)
+    got = client.hgetall(key)
+    if not got: return 0
+    rows = sorted(((_entry_id(i), *orjson.loads(v)) for i, v in got.items()), key=lambda x: parse_id(x[0]))
+    new = write_dead_letters(client, stream, pd.DataFrame(rows, columns=["id", "record", "reason"]))
+    client.hdel(key, *got)
     return new
 
 def write_dead_letter_file(folder: Path, rejected) -> Path | None:
@@ -604,9 +654,9 @@ VALID_DDL = ("event_id string, event_type string, event_time bigint, product_id 
              "quantity double, device string, country string, traffic_source string, user_id string, session_id string, "
              "arrival_ms bigint")
 
-def _validator(url: str | None, stream: str | None, folder: str | None):
-    """mapInPandas (in one task per batch): raw entries -> valid typed rows; the rejects go to the dead-letter stream
-    (or folder) at the end, in entry order (stream ids must grow; a re-run batch writes the same dead-letter file)."""
+def _validator(folder: str):
+    """mapInPandas (in one task per batch) of the file source: raw lines -> valid typed rows; the rejects go to the
+    dead-letter folder at the end, in line-id order (a re-run batch writes the same dead-letter file)."""
     import pandas as pd
     def run(it):
         rejects = []
@@ -616,67 +666,69 @@ def _validator(url: str | None, stream: str | None, folder: str | None):
             if len(valid): yield valid
         if not rejects: return
         rej = pd.concat(rejects, ignore_index=True)
-        order = sorted(range(len(rej)), key=(lambda i: parse_id(rej["id"][i])) if folder is None else (lambda i: rej["id"][i]))
-        rej = rej.iloc[order].reset_index(drop=True)
-        if folder is not None: write_dead_letter_file(Path(folder), rej)
-        else:
-            r = _client(url)
-            try: write_dead_letters(r, stream, rej)
-            finally: r.close()
+        write_dead_letter_file(Path(folder), rej.sort_values("id", kind="stable").reset_index(drop=True))
     return run
 
 def build_query(spark, settings: Settings, data_dir: str | Path, cfg: StreamConfig = StreamConfig(), url: str | None = None):
     """The streaming DataFrame of the processor's packed feature rows (`rows`: `unpack_rows` gives kind, session_id,
     event_timestamp, applied, duplicates, arrivals and the features).
-    Validation is the batch job's: lines the contract's Spark fast path certainly accepts are typed in the JVM;
-    every other line goes through `EVENT.validate` (`validate_entries`), which decides and gives the reasons."""
+    Validation is the batch job's: the Redis source's reader validates every entry with `EVENT.validate`
+    (`validate_entries`) and hands over the processor's packed input; with the file source, lines the contract's
+    Spark fast path certainly accepts are typed in the JVM and every other line goes through `validate_entries`."""
     from pyspark.sql import functions as F
-    from propensity.contracts import EVENT, spark_fast_path
     paths = StreamPaths.of(data_dir)
     spark.conf.set("spark.sql.streaming.stateStore.providerClass", ROCKSDB)
     spark.conf.set("spark.sql.streaming.stateStore.rocksdb.changelogCheckpointing.enabled", "true")  # commit = a small changelog
     spark.conf.set("spark.sql.shuffle.partitions", str(cfg.partitions))
     if cfg.source == "redis":
         register_source(spark)
-        r = spark.readStream.format(SOURCE_NAME).option("url", url).option("stream", settings.stream_key)
+        r = (spark.readStream.format(SOURCE_NAME).option("url", url).option("stream", settings.stream_key)
+             .option("partitions", str(cfg.partitions)))
         if cfg.max_rows_per_batch: r = r.option("maxRowsPerBatch", str(cfg.max_rows_per_batch))
-        raw = r.load()
-        check = _validator(url, settings.stream_key, None)
+        valid = r.load().filter(F.col("ev").isNotNull())  # a rejected entry's row is null (its dead letter is staged)
     else:
-        landing = paths.root / "events"
-        if not landing.is_dir(): raise FileNotFoundError(f"{paths.root}: no landing zone events/ to stream from")
-        r = spark.readStream.format("text").option("pathGlobFilter", "*.jsonl").option("recursiveFileLookup", "true")
-        if cfg.max_rows_per_batch: r = r.option("maxFilesPerTrigger", str(max(1, cfg.max_rows_per_batch // 5000)))
-        raw = (r.load(str(landing)).select(
-            F.concat(F.input_file_name(), F.lit("#"), F.xxhash64("value").cast("string")).alias("id"),
-            F.unix_millis(F.current_timestamp()).alias("arrival_ms"), F.col("value").cast("binary").alias("value")))
-        check = _validator(None, None, str(paths.dead_letter_dir))
+        valid = _file_events(spark, paths, cfg)
+    ev = (valid
+             .withColumn("ts", F.timestamp_millis("event_time"))
+             .withWatermark("ts", f"{int(cfg.lateness_minutes * 60_000)} milliseconds"))
+    if cfg.dedup: ev = ev.dropDuplicatesWithinWatermark(["event_id"])
+    late = [] if cfg.dedup else ["ts"]  # without the dedup step the event-time column goes on to the stateful operator
+    if cfg.state == "buckets":
+        g = ev.select(F.pmod(F.xxhash64("session_id"), F.lit(cfg.buckets)).cast("int").alias("bucket"), "ev", *late).groupBy("bucket")
+        proc = _bucket_processor_class(cfg.api)(cfg.gap_ms)
+    else:
+        g = ev.select("session_id", "ev", *late).groupBy("session_id")
+        proc = _processor_class(cfg.api)(cfg.gap_ms)
+    tws = g.transformWithStateInPandas if cfg.api == "pandas" else g.transformWithState
+    return tws(statefulProcessor=proc, outputStructType=output_ddl(), outputMode="Append", timeMode="EventTime")
+
+def _file_events(spark, paths: StreamPaths, cfg: StreamConfig):
+    """The file source's events (`event_id`, `event_time`, `session_id`, `ev`, as the Redis source's rows): the
+    contract's Spark fast path, and `validate_entries` for the other lines."""
+    from pyspark.sql import functions as F
+    from propensity.contracts import EVENT, spark_fast_path
+    landing = paths.root / "events"
+    if not landing.is_dir(): raise FileNotFoundError(f"{paths.root}: no landing zone events/ to stream from")
+    r = spark.readStream.format("text").option("pathGlobFilter", "*.jsonl").option("recursiveFileLookup", "true")
+    if cfg.max_rows_per_batch: r = r.option("maxFilesPerTrigger", str(max(1, cfg.max_rows_per_batch // 5000)))
+    raw = (r.load(str(landing)).select(
+        F.concat(F.input_file_name(), F.lit("#"), F.xxhash64("value").cast("string")).alias("id"),
+        F.unix_millis(F.current_timestamp()).alias("arrival_ms"), F.col("value").cast("binary").alias("value")))
+    check = _validator(str(paths.dead_letter_dir))
     # one read of the source range: both branches below start from this exchange, which Spark reuses (without it the
     # plan reads the range twice: once for the fast path, once for the validator); it also spreads the parsing
-    # over `partitions` tasks (the Redis source is one partition)
+    # over `partitions` tasks
     raw = raw.repartition(cfg.partitions, "id")
     fast, slow, _ = spark_fast_path(EVENT, raw.withColumn("value", F.col("value").cast("string")), persist=False)
     valid = fast.select(*[F.col(c).cast("double").alias(c) if c == "quantity" else F.col(c)
                           for c in (*EV_COLUMNS, "session_id", "arrival_ms")])
     valid = valid.unionByName(slow.select(F.col("id"), F.col("arrival_ms"), F.col("value").cast("binary").alias("value"))
                                   .coalesce(1).mapInPandas(check, VALID_DDL))
-    ev = (valid
-             .withColumn("ts", F.timestamp_millis("event_time"))
-             .withWatermark("ts", f"{int(cfg.lateness_minutes * 60_000)} milliseconds"))
-    if cfg.dedup: ev = ev.dropDuplicatesWithinWatermark(["event_id"])
     # the processor's input: one JSON text per event, written in the JVM (`packed_events` reads it): the Python
     # worker then handles 2 columns per row instead of 15
     packed = F.to_json(F.struct(*[F.col(c).alias(k) for k, c in zip(EV_KEYS, EV_COLUMNS)],
                                 F.col("session_id").alias("sid"), F.col("arrival_ms").alias("a"))).alias("ev")
-    late = [] if cfg.dedup else ["ts"]  # without the dedup step the event-time column goes on to the stateful operator
-    if cfg.state == "buckets":
-        g = ev.select(F.pmod(F.xxhash64("session_id"), F.lit(cfg.buckets)).cast("int").alias("bucket"), packed, *late).groupBy("bucket")
-        proc = _bucket_processor_class(cfg.api)(cfg.gap_ms)
-    else:
-        g = ev.select("session_id", packed, *late).groupBy("session_id")
-        proc = _processor_class(cfg.api)(cfg.gap_ms)
-    tws = g.transformWithStateInPandas if cfg.api == "pandas" else g.transformWithState
-    return tws(statefulProcessor=proc, outputStructType=output_ddl(), outputMode="Append", timeMode="EventTime")
+    return valid.select("event_id", "event_time", "session_id", packed)
 
 # %% ../nbs/17_streaming.ipynb #241b64e0
 def _quantiles(xs: list[float]) -> dict:
@@ -698,9 +750,10 @@ def offline_table(rows: list[dict], batch_id: int):
     return pa.table(cols)
 
 class Sink:
-    "The `foreachBatch` function: online store (idempotent Lua), offline Parquet per batch id, per-batch notes."
-    def __init__(self, url: str, project: str, paths: StreamPaths, state: str = "sessions"):
-        self.url, self.project, self.paths = url, project, paths
+    """The `foreachBatch` function: online store (idempotent Lua), offline Parquet per batch id, per-batch notes;
+    with `stream` (the Redis source), the batch's staged dead letters (`flush_dead_letters`)."""
+    def __init__(self, url: str, project: str, paths: StreamPaths, state: str = "sessions", stream: str | None = None):
+        self.url, self.project, self.paths, self.stream = url, project, paths, stream
         self.notes: dict[int, dict] = {}
         self._r = None
         self.counts: dict | None = None  # state="buckets": sessions per bucket (from the processor's count rows)
@@ -728,6 +781,7 @@ class Sink:
         t0 = time.time()
         rows = self._take_counts(unpack_rows(r[0] for r in df.collect()), batch_id)
         self._r = self._r or _client(self.url)
+        if self.stream is not None: flush_dead_letters(self._r, self.stream)  # the batch's reads are done: all staged
         written, stale = write_online(self._r, rows, self.project)
         done_ms = time.time() * 1000
         fresh = [done_ms - a for r in rows for a in r["arrivals"]]
@@ -769,7 +823,7 @@ def _offset(x) -> str | None:
         except ValueError: return x
     return x.get("id") if isinstance(x, dict) else str(x)
 
-SCANS = 1  # the plan reads each batch's source range once (the fast-path and validator branches share one exchange)
+SCANS = 1  # the plan reads each batch's source range once (the file source's fast-path and validator branches share one exchange)
 
 def metrics_line(progress: dict, notes: dict | None, rejected: int | None, scans: int = SCANS) -> dict:
     "The metrics line of one batch from Spark's progress (a dict), the sink's notes and the dead-letter count."
@@ -825,7 +879,7 @@ def run_stream(data_dir: str | Path, settings: Settings | None = None, cfg: Stre
         from propensity.batch import spark_session
         spark = spark_session(settings, "propensity-stream", **{"spark.sql.shuffle.partitions": str(cfg.partitions)})
     check_layout(paths, cfg)
-    sink = Sink(url, settings.feast_project, paths, cfg.state)
+    sink = Sink(url, settings.feast_project, paths, cfg.state, settings.stream_key if cfg.source == "redis" else None)
     saved = {k: spark.conf.get(k, None) for k in _CONFS}  # a shared session gets its settings back at the end
     df = build_query(spark, settings, paths.root, cfg, url)
     w = df.writeStream.foreachBatch(sink).option("checkpointLocation", str(paths.checkpoint)).queryName("session_features")

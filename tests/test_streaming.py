@@ -251,3 +251,18 @@ def test_dead_letters_are_idempotent_and_never_lost(redis_client):
     assert write_dead_letters(redis_client, "t:dl", late) == 1
     kept = [f for _, f in redis_client.xrange(key) if f.get(b"source") == b"t:dl:6-0"]
     assert len(kept) == 1 and kept[0][b"e"] == b"oops" and redis_client.xlen(key) == 4
+
+
+def test_staged_dead_letters_are_written_once_in_entry_order(redis_client):
+    "The Redis source's slices stage their rejects in any order; the sink writes them in entry order, once, even after a re-run."
+    from propensity.streaming import flush_dead_letters, pending_key, stage_dead_letters
+    early = pd.DataFrame({"id": ["8-5"], "record": ["a"], "reason": ["r1"]})
+    late = pd.DataFrame({"id": ["9-0", "10-2"], "record": ["b", "c"], "reason": ["r2", "r3"]})
+    stage_dead_letters(redis_client, "t:st", late); stage_dead_letters(redis_client, "t:st", early)  # the later slice first
+    assert flush_dead_letters(redis_client, "t:st") == 3
+    dead = [(i, f[b"e"], f[b"reason"], f[b"source"]) for i, f in redis_client.xrange(dead_letter_key("t:st"))]
+    assert dead == [(b"8-5", b"a", b"r1", b"t:st:8-5"), (b"9-0", b"b", b"r2", b"t:st:9-0"), (b"10-2", b"c", b"r3", b"t:st:10-2")]
+    assert not redis_client.exists(pending_key("t:st"))
+    stage_dead_letters(redis_client, "t:st", early); stage_dead_letters(redis_client, "t:st", late)  # the batch re-run after a crash
+    assert flush_dead_letters(redis_client, "t:st") == 0 and redis_client.xlen(dead_letter_key("t:st")) == 3
+    assert flush_dead_letters(redis_client, "t:st") == 0
