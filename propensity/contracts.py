@@ -168,7 +168,8 @@ class Contract:
 
     def validate(self, data, source: Sequence | pd.Series | None = None) -> Validated:
         "Split raw records (list of dicts or DataFrame) into typed valid rows and rejected rows with reasons."
-        raw = data if isinstance(data, pd.DataFrame) else pd.DataFrame.from_records(list(data))
+        records = None if isinstance(data, pd.DataFrame) else list(data)
+        raw = data if records is None else pd.DataFrame.from_records(records)
         raw = raw.reset_index(drop=True)
         n = len(raw)
         unknown = [c for c in raw.columns if c not in self.columns]
@@ -209,9 +210,10 @@ class Contract:
         valid = typed[~rej].reset_index(drop=True)
         if rej.any():
             raw_rej = raw[rej]
-            recs = [orjson.dumps({k: v for k, v in rec.items() if not _isnull(v)}, default=str,
-                                 option=orjson.OPT_SERIALIZE_NUMPY).decode()
-                    for rec in raw_rej.to_dict("records")]
+            # a dead letter keeps the record as it came (its keys in order, 2 not 2.0); rows of a frame lose their nulls
+            rows = ([records[i] for i in np.flatnonzero(rej.to_numpy())] if records is not None else
+                    [{k: v for k, v in rec.items() if not _isnull(v)} for rec in raw_rej.to_dict("records")])
+            recs = [orjson.dumps(rec, default=str, option=orjson.OPT_SERIALIZE_NUMPY).decode() for rec in rows]
             src = (pd.Series(list(source), index=raw.index)[rej].astype(str).tolist() if source is not None
                    else [f"{self.name}[{i}]" for i in raw_rej.index])
             rejected = pd.DataFrame({"record": recs, "reason": reasons[rej].tolist(), "source": src})
