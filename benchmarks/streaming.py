@@ -1,14 +1,17 @@
 """Streaming job benchmark: the highest event rate the job keeps up with on this machine, and event-to-online-store
 freshness at the reference's peak rate (100 events/s).
 
-  python benchmarks/streaming.py [--quick] [--master local[2]] [--state buckets|sessions] [--buckets 256]
+  python benchmarks/streaming.py [--quick] [--master local[2]] [--state buckets|sessions] [--buckets N]
 
 1. capacity: a backlog of replayed landing-zone lines is drained; rate = rows / time of the micro-batches after the
    first (warm-up) one. Micro-batches hold at most BATCH_ROWS entries (also in 2.).
 2. sustained: lines are published at a fixed rate R for a while, with the job running; the job keeps up at R if the
    lag (newest stream entry - committed offset, in entries) does not grow over the second half of the window. Rates
    are tried from below the capacity upwards (0.5x and 0.9x with --quick, then 1.4x steps while the job keeps up);
-   the highest one that keeps up is reported.
+   the highest one that keeps up is reported. Each window publishes distinct lines of a world simulated long enough
+   for SUSTAIN_DISTINCT_RATE events/s (beyond that the lines repeat, which the output says: repeated lines are
+   duplicates or late events, cheap to drop, so such a window overstates the rate), and the rate the publisher
+   achieved is printed beside the one asked for.
 3. freshness: lines published at 100/s; per event, the time from entering the stream (the entry id's ms) to the end
    of the online-store write that includes it. p50 / p99 over the events of the window (warm-up batches excluded).
 
@@ -35,6 +38,8 @@ from propensity.streaming import StreamConfig, StreamPaths, Stopper, landing_lin
 TARGET_RATE = 10_000      # events/s sustained (100 x the reference's peak)
 TARGET_P99_MS = 3_000     # freshness p99 at 100 events/s
 REFERENCE_PEAK = 100
+SUSTAIN_DISTINCT_RATE = 12_000  # sustained windows publish distinct lines up to this rate
+LINES_PER_DAY = 50_000    # landing-zone lines of a simulated day of the small profile (about 56k)
 BATCH_ROWS = 20_000       # entries per micro-batch at most: with bucketed state, 20k drained ~2x faster than 5k on local[2]
                           # (with per-session state 5k had measured faster per event than 10k or 20k)
 
@@ -99,8 +104,8 @@ def wait_batches(path: Path, n: int, timeout: float):
     return False
 
 
-def publisher(r, stream, lines, rate, seconds, stop):
-    "Publish `rate` lines/s in 10 chunks a second for `seconds`."
+def publisher(r, stream, lines, rate, seconds, stop, out=None):
+    "Publish `rate` lines/s in 10 chunks a second for `seconds`; returns (and puts in `out`) (lines published, seconds)."
     t0 = time.perf_counter(); i = 0; k = 0
     step = max(1, rate // 10)
     while not stop.is_set() and time.perf_counter() - t0 < seconds:
@@ -108,7 +113,9 @@ def publisher(r, stream, lines, rate, seconds, stop):
         if due > time.perf_counter(): time.sleep(due - time.perf_counter())
         chunk = [lines[(i + j) % len(lines)] for j in range(step)]
         publish(r, chunk, stream, batch=5000); i += step; k += 1
-    return i
+    res = (i, time.perf_counter() - t0)
+    if out is not None: out.append(res)
+    return res
 
 
 def lag_entries(r, stream, metrics_path):
@@ -135,9 +142,12 @@ def main():
     tmp = Path(tempfile.mkdtemp(prefix="bench_stream_"))
     from propensity.simulate import simulate
     t = time.perf_counter()
-    simulate("small", 1 if quick else 3, 42, tmp / "world", progress=False)
-    print(f"world: small profile, {1 if quick else 3} day(s), in {time.perf_counter() - t:.1f}s", flush=True)
-    lines = lines_of(tmp / "world", backlog)
+    distinct = max(backlog, SUSTAIN_DISTINCT_RATE * sustain_s)
+    days = -(-distinct // LINES_PER_DAY)
+    simulate("small", days, 42, tmp / "world", progress=False)
+    all_lines = lines_of(tmp / "world", distinct)
+    lines = all_lines[:backlog]
+    print(f"world: small profile, {days} day(s), {len(all_lines):,} lines, in {time.perf_counter() - t:.1f}s", flush=True)
 
     server = None
     url = os.environ.get("REDIS_URL")
@@ -196,8 +206,8 @@ def main():
         s = settings(f"sustain{rate}"); d = tmp / f"sustain{rate}"; d.mkdir()
         job = Job(spark, s, d, StreamConfig(lateness_minutes=10, max_rows_per_batch=args.max_rows, **layout))
         wait_batches(StreamPaths.of(d).metrics, 1, 120)  # the query is up (a first empty batch ran)
-        stop = threading.Event(); samples = []
-        pub = threading.Thread(target=publisher, args=(r, s.stream_key, lines, rate, sustain_s, stop), daemon=True)
+        stop = threading.Event(); samples = []; sent = []
+        pub = threading.Thread(target=publisher, args=(r, s.stream_key, all_lines, rate, sustain_s, stop, sent), daemon=True)
         t0 = time.perf_counter(); pub.start()
         while pub.is_alive():
             time.sleep(2)
@@ -206,9 +216,12 @@ def main():
         half = [l for x, l in samples if x >= sustain_s / 2]
         grew = len(half) >= 2 and (half[-1] - half[0]) > rate * 2  # more than 2 s of input piled up over the half
         kept = not grew
+        n_sent, secs = sent[0] if sent else (0, sustain_s)
         tried.append(dict(rate=rate, kept_up=kept, lag_first_half_end=half[0] if half else None,
-                          lag_end=half[-1] if half else None))
-        print(f"sustained {rate:,} events/s for {sustain_s}s: lag {half[0] if half else '?'} -> "
+                          lag_end=half[-1] if half else None, published=n_sent, published_per_s=round(n_sent / secs),
+                          repeated_lines=n_sent > len(all_lines)))
+        print(f"sustained {rate:,} events/s for {sustain_s}s (published {n_sent:,} lines, {n_sent / secs:,.0f}/s"
+              f"{', some repeated' if n_sent > len(all_lines) else ', all distinct'}): lag {half[0] if half else '?'} -> "
               f"{half[-1] if half else '?'} entries over the 2nd half: {'kept up' if kept else 'fell behind'}", flush=True)
         if kept:
             best = max(best, rate)
@@ -223,7 +236,7 @@ def main():
     wait_batches(StreamPaths.of(d).metrics, 1, 120)
     n0 = len(read_metrics(StreamPaths.of(d).metrics))
     stop = threading.Event()
-    publisher(r, s.stream_key, lines, REFERENCE_PEAK, fresh_s, stop)
+    publisher(r, s.stream_key, all_lines, REFERENCE_PEAK, fresh_s, stop)
     time.sleep(5)
     job.stop()
     ms = read_metrics(StreamPaths.of(d).metrics)[n0:]
