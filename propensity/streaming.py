@@ -47,7 +47,7 @@ class StreamConfig:
     api: str = "pandas"                 # pandas: transformWithStateInPandas | rows: transformWithState (Row-based)
     dedup: bool = True                  # dropDuplicatesWithinWatermark(event_id) before the state (the fold also skips seen ids)
     state: str = "buckets"              # buckets: one state value per hash bucket of session ids | sessions: one per session
-    buckets: int = 256                  # with state="buckets": number of buckets (fixed by the checkpoint)
+    buckets: int = 32                   # with state="buckets": number of buckets (fixed by the checkpoint)
 
     def __post_init__(self):
         if self.source not in ("redis", "files"): raise ValueError(f"source={self.source!r}: expected 'redis' or 'files'")
@@ -194,6 +194,9 @@ def _client(url: str):
 
 def _entry_id(x) -> str: return x.decode() if isinstance(x, bytes) else str(x)
 
+# the id of the last of the (up to) ARGV[2] entries from ARGV[1] on, or nil
+_NTH_ID_LUA = "local r = redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT', ARGV[2]) if #r == 0 then return false end return r[#r][1]"
+
 def _redis_source_class():
     "The DataSource class (built on first use, so importing this module does not import pyspark)."
     global _SOURCE
@@ -226,9 +229,9 @@ def _redis_source_class():
             cap = self.max_rows
             lim = getattr(limit, "max_rows", None)
             if lim is not None: cap = min(cap or lim, lim)
-            if cap:
-                rows = r.xrange(self.stream, min=f"({after}", max="+", count=cap)
-                return {"id": _entry_id(rows[-1][0])} if rows else {"id": after}
+            if cap:  # the id of the cap-th entry after `after` (only the id crosses the wire)
+                last = r.eval(_NTH_ID_LUA, 1, self.stream, f"({after}", cap)
+                return {"id": _entry_id(last)} if last else {"id": after}
             rows = r.xrevrange(self.stream, count=1)
             if not rows or parse_id(rows[0][0]) <= parse_id(after): return {"id": after}
             return {"id": _entry_id(rows[0][0])}
@@ -1120,7 +1123,7 @@ def add_stream_args(p) -> None:
     p.add_argument("--state", choices=["buckets", "sessions"], default="buckets",
                    help="state keyed by hash buckets of session ids (default: a few state calls per bucket and batch) or "
                         "by session (state calls per session); fixed once the checkpoint exists")
-    p.add_argument("--buckets", type=int, default=256, help="with --state buckets: number of buckets (fixed once the checkpoint exists)")
+    p.add_argument("--buckets", type=int, default=StreamConfig.buckets, help="with --state buckets: number of buckets (fixed once the checkpoint exists)")
     p.add_argument("--no-dedup", action="store_true",
                    help="no dropDuplicatesWithinWatermark step (the fold still skips seen event ids); fixed once the checkpoint exists")
     p.add_argument("--reset", action="store_true", help="start over: delete the checkpoint, metrics, dead-letter folder and stream offline rows first")
