@@ -45,7 +45,7 @@ class StreamConfig:
     max_rows_per_batch: int | None = None  # cap on stream entries per micro-batch (None: all available)
     partitions: int = 2                 # shuffle partitions = state store partitions (fixed by the checkpoint)
     api: str = "pandas"                 # pandas: transformWithStateInPandas | rows: transformWithState (Row-based)
-    dedup: bool = True                  # dropDuplicatesWithinWatermark(event_id) before the state (the fold also skips seen ids)
+    dedup: bool | None = None           # dropDuplicatesWithinWatermark(event_id) before the state; None: only where needed (dedup_step)
     state: str = "buckets"              # buckets: one state value per hash bucket of session ids | sessions: one per session
     buckets: int = 32                   # with state="buckets": number of buckets (fixed by the checkpoint)
 
@@ -66,6 +66,21 @@ class StreamConfig:
         if self.state not in ("buckets", "sessions"): raise ValueError(f"state={self.state!r}: expected 'buckets' or 'sessions'")
         if not (isinstance(self.buckets, int) and self.buckets > 0):
             raise ValueError(f"buckets={self.buckets!r}: expected a whole number > 0")
+        if self.dedup not in (None, True, False): raise ValueError(f"dedup={self.dedup!r}: expected True, False or None (automatic)")
+        if self.dedup is False and self.lateness_minutes > self.inactivity_minutes:
+            raise ValueError(f"dedup=False with lateness_minutes={self.lateness_minutes:g} > inactivity_minutes="
+                             f"{self.inactivity_minutes:g}: a duplicate of an ended session part could arrive before the "
+                             f"watermark passes it and be folded into the next part; expected dedup=True or None")
+
+    @property
+    def dedup_step(self) -> bool:
+        """Whether the query drops duplicate event ids before the state. The fold skips an event id its session part
+        has seen, so the step is needed only for a duplicate of a part that has ended (split or evicted) arriving while
+        it is not yet behind the watermark. A part ends when the next event is more than the timeout after its last one
+        (split) or when the watermark passes last + timeout (eviction); the watermark is then past last + timeout -
+        lateness, so with lateness <= timeout every duplicate of an ended part is late and dropped by the stateful
+        operator's watermark filter. None (the default) runs the step only when lateness > timeout."""
+        return self.dedup if self.dedup is not None else self.lateness_minutes > self.inactivity_minutes
 
     @property
     def gap_ms(self) -> int: return int(round(self.inactivity_minutes * 60_000))
@@ -694,8 +709,9 @@ def build_query(spark, settings: Settings, data_dir: str | Path, cfg: StreamConf
     ev = (valid
              .withColumn("ts", F.timestamp_millis("event_time"))
              .withWatermark("ts", f"{int(cfg.lateness_minutes * 60_000)} milliseconds"))
-    if cfg.dedup: ev = ev.dropDuplicatesWithinWatermark(["event_id"])
-    late = [] if cfg.dedup else ["ts"]  # without the dedup step the event-time column goes on to the stateful operator
+    if cfg.dedup_step: ev = ev.dropDuplicatesWithinWatermark(["event_id"])
+    late = [] if cfg.dedup_step else ["ts"]  # without the dedup step the event-time column goes on to the stateful operator
+                                             # (its watermark filter then drops the late rows)
     if cfg.state == "buckets":
         g = ev.select(F.pmod(F.xxhash64("session_id"), F.lit(cfg.buckets)).cast("int").alias("bucket"), "ev", *late).groupBy("bucket")
         proc = _bucket_processor_class(cfg.api)(cfg.gap_ms)
@@ -829,17 +845,21 @@ def _offset(x) -> str | None:
 SCANS = 1  # the plan reads each batch's source range once (the file source's fast-path and validator branches share one exchange)
 
 def metrics_line(progress: dict, notes: dict | None, rejected: int | None, scans: int = SCANS) -> dict:
-    "The metrics line of one batch from Spark's progress (a dict), the sink's notes and the dead-letter count."
+    """The metrics line of one batch from Spark's progress (a dict), the sink's notes and the dead-letter count.
+    `duplicates_dropped` counts both kinds: those the dedup step dropped (when it runs) and those the fold skipped
+    (`fold_duplicates`, from the sink's notes)."""
     src = (progress.get("sources") or [{}])[0]
     dur = progress.get("durationMs", {}) or {}
     rows = int(progress.get("numInputRows", 0)) // scans
     ms = int(dur.get("triggerExecution", 0) or 0)
-    return dict(batch_id=progress["batchId"], time=progress.get("timestamp"), input_rows=rows,
-                rejected=rejected, **_ops(progress),
-                batch_ms=ms, input_rows_per_s=round(rows / ms * 1000, 1) if ms else None,
-                watermark=(progress.get("eventTime") or {}).get("watermark"),
-                start_offset=_offset(src.get("startOffset")), end_offset=_offset(src.get("endOffset")),
-                **(notes or {}))
+    m = dict(batch_id=progress["batchId"], time=progress.get("timestamp"), input_rows=rows,
+             rejected=rejected, **_ops(progress),
+             batch_ms=ms, input_rows_per_s=round(rows / ms * 1000, 1) if ms else None,
+             watermark=(progress.get("eventTime") or {}).get("watermark"),
+             start_offset=_offset(src.get("startOffset")), end_offset=_offset(src.get("endOffset")),
+             **(notes or {}))
+    m["duplicates_dropped"] += int(m.get("fold_duplicates") or 0)
+    return m
 
 # %% ../nbs/17_streaming.ipynb #92274a8e
 class Stopper:
@@ -953,22 +973,27 @@ def run_stream(data_dir: str | Path, settings: Settings | None = None, cfg: Stre
                 last_batch=last.get("batch_id"), committed_offset=last.get("end_offset"), watermark=last.get("watermark"),
                 metrics=str(paths.metrics), checkpoint=str(paths.checkpoint))
 
+def _layout_text(x: dict) -> str:
+    return (f"state={x['state']!r}{'' if x['buckets'] is None else ' buckets=' + str(x['buckets'])} "
+            f"dedup step {'on' if x['dedup'] else 'off'}")
+
 def check_layout(paths: StreamPaths, cfg: StreamConfig) -> dict:
-    """The checkpoint's state layout (`state`, `buckets`): recorded on the first run, checked on every restart
-    (a checkpoint without the record is a per-session one, from before bucketed state)."""
-    want = {"state": cfg.state, "buckets": cfg.buckets if cfg.state == "buckets" else None}
+    """The checkpoint's plan layout (`state`, `buckets`, whether the dedup step runs: each changes the stateful
+    operators Spark's checkpoint holds): recorded on the first run, checked on every restart. A checkpoint without
+    the record is a per-session one from before bucketed state; a record without `dedup` is from before the step
+    became automatic, when it always ran."""
+    want = {"state": cfg.state, "buckets": cfg.buckets if cfg.state == "buckets" else None, "dedup": cfg.dedup_step}
     f = paths.layout
-    if f.exists(): have = json.loads(f.read_text())
-    elif any((paths.checkpoint / "offsets").glob("[0-9]*")): have = {"state": "sessions", "buckets": None}
+    if f.exists(): have = {"dedup": True, **json.loads(f.read_text())}
+    elif any((paths.checkpoint / "offsets").glob("[0-9]*")): have = {"state": "sessions", "buckets": None, "dedup": True}
     else:
         f.parent.mkdir(parents=True, exist_ok=True); f.write_text(json.dumps(want))
         return want
     if have != want:
-        raise ValueError(f"the checkpoint {paths.checkpoint} holds state={have['state']!r}"
-                         f"{'' if have['buckets'] is None else ' buckets=' + str(have['buckets'])}; the job was started with "
-                         f"state={cfg.state!r}{'' if want['buckets'] is None else ' buckets=' + str(want['buckets'])} "
-                         f"(use the checkpoint's --state/--buckets, or --reset)")
-    if not f.exists(): f.write_text(json.dumps(have))
+        how = ("--dedup on" if have["dedup"] else "--dedup off") if have["dedup"] != want["dedup"] else ""
+        raise ValueError(f"the checkpoint {paths.checkpoint} holds {_layout_text(have)}; the job was started with "
+                         f"{_layout_text(want)} (use the checkpoint's --state/--buckets{'/' + how if how else ''}, or --reset)")
+    f.write_text(json.dumps(have))
     return have
 
 def _stream_last(r, stream: str) -> str:
@@ -1060,13 +1085,16 @@ def _config(args) -> StreamConfig:
     try:
         return StreamConfig(source=args.source, inactivity_minutes=args.inactivity_minutes, lateness_minutes=args.lateness_minutes,
                             trigger_ms=args.trigger_ms, max_rows_per_batch=args.max_rows, partitions=args.partitions,
-                            api=args.api, dedup=not args.no_dedup, state=args.state, buckets=args.buckets)
+                            api=args.api, dedup={"auto": None, "on": True, "off": False}[args.dedup], state=args.state,
+                            buckets=args.buckets)
     except ValueError as e:
         msg = str(e)
         for name in ("source", "inactivity_minutes", "lateness_minutes", "trigger_ms", "max_rows_per_batch", "partitions",
-                     "state", "buckets"):
+                     "state", "buckets", "dedup"):
             flag = "--max-rows" if name == "max_rows_per_batch" else "--" + name.replace("_", "-")
             if msg.startswith(name + "="): msg = flag + msg[len(name):]
+        msg = msg.replace("dedup=False with lateness_minutes=", "--dedup off with --lateness-minutes=").replace(
+            "> inactivity_minutes=", "> --inactivity-minutes=").replace("expected dedup=True or None", "expected --dedup on or auto")
         raise UsageError(msg) from None
 
 def print_status(s: dict) -> None:
@@ -1124,8 +1152,10 @@ def add_stream_args(p) -> None:
                    help="state keyed by hash buckets of session ids (default: a few state calls per bucket and batch) or "
                         "by session (state calls per session); fixed once the checkpoint exists")
     p.add_argument("--buckets", type=int, default=StreamConfig.buckets, help="with --state buckets: number of buckets (fixed once the checkpoint exists)")
-    p.add_argument("--no-dedup", action="store_true",
-                   help="no dropDuplicatesWithinWatermark step (the fold still skips seen event ids); fixed once the checkpoint exists")
+    p.add_argument("--dedup", choices=["auto", "on", "off"], default="auto",
+                   help="the dropDuplicatesWithinWatermark(event_id) step before the state: auto (default) runs it only when "
+                        "--lateness-minutes exceeds --inactivity-minutes (otherwise the fold's own skip of seen event ids and "
+                        "the watermark drop every duplicate); fixed once the checkpoint exists")
     p.add_argument("--reset", action="store_true", help="start over: delete the checkpoint, metrics, dead-letter folder and stream offline rows first")
     p.add_argument("--quiet", action="store_true", help="no per-batch lines")
 
