@@ -37,7 +37,7 @@ os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
 
 from propensity.config import Settings
-from propensity.livestream import last_id, parse_id, publish
+from propensity.livestream import publish
 from propensity.onlinestore import EmbeddedValkey, redis_client
 from propensity.streaming import StreamConfig, StreamPaths, Stopper, landing_lines, read_metrics, run_stream
 
@@ -210,7 +210,7 @@ def main():
             if not cpu or n != cpu[-1][0]: cpu.append((n, tree_cpu_seconds()))
             time.sleep(0.1)
     done = threading.Event(); w = threading.Thread(target=watch, args=(done,), daemon=True); w.start()
-    out = run_stream(d, s, cfg, until_idle=True, spark=spark, progress=False)
+    run_stream(d, s, cfg, until_idle=True, spark=spark, progress=False)
     done.set(); w.join()
     ms = [m for m in read_metrics(StreamPaths.of(d).metrics) if m["input_rows"]]
     warm = ms[1:] or ms

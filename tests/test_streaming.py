@@ -19,7 +19,7 @@ from propensity.config import Settings
 from propensity.feast_repo import VIEWS, apply, decode_value, feature_store, field_name, redis_key
 from propensity.features import features_of
 from propensity.livestream import dead_letter_key, publish
-from propensity.streaming import (EV_COLUMNS, SESSION_FEATURES, StreamConfig, StreamPaths, committed_offset,
+from propensity.streaming import (StreamConfig, StreamPaths, committed_offset,
                                   decode_bucket, landing_lines, read_metrics, replay, run_stream, status)
 
 HOURS = 4          # replayed slice of the simulated day (event time)
