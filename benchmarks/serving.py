@@ -141,7 +141,6 @@ async def open_loop(port: int, reqs: list[dict], rate: float, seconds: float, co
     raws = [_request(orjson.dumps(q)) for q in reqs]
     n = int(rate * seconds)
     lat, errors, statuses = [], 0, {}
-    loop = asyncio.get_running_loop()
     now = time.perf_counter  # uvloop's loop.time() has millisecond resolution
     t0 = now() + 0.2
     tasks = []
