@@ -2,7 +2,9 @@
 
 Simulates a world (not timed), then runs the batch job (`propensity features`) and prints the wall time and
 events/s of every stage beside the target (100,000 events/s end to end for 7 days of the seed profile, about
-7M events). Ends with one line `RESULT {json}`.
+7M events), and the CPU each stage used: the JVM's (Spark's parsing, shuffles, joins, writes) and Python's (the
+driver and the Python workers that run the session fold), sampled from /proc every 0.1 s. The CPU total is set
+against the budget the target leaves: cores x (events / 100,000) core-seconds. Ends with one line `RESULT {json}`.
 
     python benchmarks/batch_features.py                 # 7 days of the seed profile (long: simulation + job)
     python benchmarks/batch_features.py --quick         # 2 days of the small profile (under a minute of job time)
@@ -12,13 +14,53 @@ import argparse
 import json
 import sys
 import tempfile
+import threading
 import time
+
+from _proc import CpuLedger  # benchmarks/_proc.py (the script's folder is on sys.path)
 
 from propensity.batch import run_batch, spark_session
 from propensity.config import Settings
 from propensity.simulate import simulate
 
 TARGET_EVENTS_PER_S = 100_000
+
+
+class CpuSampler(threading.Thread):
+    "Samples (time, {jvm, python} CPU seconds of this process tree) every `every` seconds until stopped."
+    def __init__(self, every: float = 0.1):
+        super().__init__(daemon=True)
+        self.every, self.samples, self.done, self.ledger = every, [], threading.Event(), CpuLedger()
+    def run(self):
+        while not self.done.is_set():
+            c = self.ledger.read()
+            if c is None: return
+            self.samples.append((time.perf_counter(), c)); self.done.wait(self.every)
+    def stop(self):
+        self.done.set(); self.join()
+        c = self.ledger.read()
+        if c is not None: self.samples.append((time.perf_counter(), c))
+    def at(self, t: float) -> dict | None:
+        "CPU seconds at time `t`, linear between the samples around it."
+        s = self.samples
+        if not s: return None
+        if t <= s[0][0]: return dict(s[0][1])
+        for (t0, c0), (t1, c1) in zip(s, s[1:]):
+            if t <= t1:
+                w = (t - t0) / (t1 - t0) if t1 > t0 else 1.0
+                return {k: c0[k] + w * (c1[k] - c0[k]) for k in c0}
+        return dict(s[-1][1])
+
+
+def stage_cpu(sampler: CpuSampler, start: float, stage_seconds: dict) -> dict:
+    "CPU seconds (jvm, python) of each stage, the stages running back to back from `start` for their wall times."
+    out, t = {}, start
+    for name, sec in stage_seconds.items():
+        a, b = sampler.at(t), sampler.at(t + sec)
+        if a is None or b is None: return {}
+        out[name] = {k: round(b[k] - a[k], 1) for k in a}
+        t += sec
+    return out
 
 
 def main():
@@ -37,14 +79,29 @@ def main():
         t = time.perf_counter()
         spark = spark_session(settings, "benchmark-batch")
         start_s = time.perf_counter() - t
+        sampler = CpuSampler(); sampler.start()
+        t_run = time.perf_counter()
         s = run_batch(d, settings, spark=spark, progress=True)
+        sampler.stop()
         spark.stop()
+    cpu = stage_cpu(sampler, t_run, s["stage_seconds"])
+    cores = int(a.master[6:-1]) if a.master[6:-1].isdigit() else None  # local[N]
     rate = s["events"] / s["seconds"]
-    print(f"\n{'stage':<55} {'seconds':>9} {'events/s':>12}")
+    print(f"\n{'stage':<55} {'seconds':>9} {'events/s':>12} {'JVM cpu-s':>10} {'Python cpu-s':>13}")
     print(f"{'Spark session start (not in the job total)':<55} {start_s:>9.1f}")
     for k, v in s["stage_seconds"].items():
-        print(f"{k:<55} {v:>9.1f} {s['events'] / v if v else float('inf'):>12,.0f}")
-    print(f"{'end to end (raw landing zone -> training set)':<55} {s['seconds']:>9.1f} {rate:>12,.0f}   target >= {TARGET_EVENTS_PER_S:,}")
+        c = cpu.get(k, {})
+        print(f"{k:<55} {v:>9.1f} {s['events'] / v if v else float('inf'):>12,.0f} {c.get('jvm', float('nan')):>10.1f} "
+              f"{c.get('python', float('nan')):>13.1f}")
+    total_cpu = {k: round(sum(c[k] for c in cpu.values()), 1) for k in ("jvm", "python")} if cpu else {}
+    print(f"{'end to end (raw landing zone -> training set)':<55} {s['seconds']:>9.1f} {rate:>12,.0f} "
+          f"{total_cpu.get('jvm', float('nan')):>10.1f} {total_cpu.get('python', float('nan')):>13.1f}   target >= {TARGET_EVENTS_PER_S:,}")
+    if total_cpu:
+        used = total_cpu["jvm"] + total_cpu["python"]
+        print(f"\nCPU: {used:,.0f} core-seconds = {used / s['events'] * 1e6:.1f} us per event"
+              + (f"; the target leaves {cores} cores x {s['events'] / TARGET_EVENTS_PER_S:,.1f} s = "
+                 f"{cores * s['events'] / TARGET_EVENTS_PER_S:,.0f} core-seconds = {cores / TARGET_EVENTS_PER_S * 1e6:.0f} us per event"
+                 if cores else ""))
     print(f"\n{w['landing_records']:,} landing records, {s['events']:,} events, {s['sessions']:,} sessions, "
           f"{s['training_rows']:,} training rows on {a.master}")
     met = rate >= TARGET_EVENTS_PER_S
@@ -52,7 +109,7 @@ def main():
     print("RESULT " + json.dumps(dict(benchmark="batch_features", profile=profile, days=days, master=a.master,
                                       landing_records=w["landing_records"], events=s["events"], seconds=s["seconds"],
                                       events_per_s=round(rate), target_events_per_s=TARGET_EVENTS_PER_S,
-                                      stage_seconds=s["stage_seconds"], training_rows=s["training_rows"], met=met)))
+                                      stage_seconds=s["stage_seconds"], stage_cpu_seconds=cpu, cpu_seconds=total_cpu, training_rows=s["training_rows"], met=met)))
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ from pathlib import Path
 os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
 
+from _proc import tree_cpu_seconds  # benchmarks/_proc.py (the script's folder is on sys.path)
 from propensity.config import Settings
 from propensity.livestream import publish
 from propensity.onlinestore import EmbeddedValkey, redis_client
@@ -49,24 +50,6 @@ LINES_PER_DAY = {"small": 50_000, "seed": 900_000}  # landing-zone lines of a si
 BATCH_ROWS = 20_000       # entries per micro-batch at most in the backlog drain: with bucketed state, 20k drained ~2x faster
                           # than 5k on local[2] (with per-session state 5k had measured faster per event than 10k or 20k)
 LAG_SLOPE_MAX = 0.02      # a sustained window keeps up if the lag after commits grows by less than 2% of the input rate
-
-
-def tree_cpu_seconds(root: int | None = None):
-    "User + system CPU seconds of this process and its descendants (JVM, Python workers, embedded Valkey), from /proc; None elsewhere."
-    if not os.path.isdir("/proc"): return None
-    procs = {}
-    for p in os.listdir("/proc"):
-        if not p.isdigit(): continue
-        try: st = open(f"/proc/{p}/stat").read()
-        except OSError: continue
-        f = st[st.rindex(")") + 2:].split()
-        procs[int(p)] = (int(f[1]), sum(int(x) for x in f[11:15]))  # ppid; utime, stime, cutime, cstime
-    kids = {}
-    for p, (pp, _) in procs.items(): kids.setdefault(pp, []).append(p)
-    total, todo = 0, [root or os.getpid()]
-    while todo:
-        x = todo.pop(); total += procs.get(x, (0, 0))[1]; todo += kids.get(x, [])
-    return total / os.sysconf("SC_CLK_TCK")
 
 
 def pct(xs, p):

@@ -1,0 +1,48 @@
+"""CPU seconds of a process tree from /proc (Linux): the benchmarks' CPU accounting (JVM, Python workers, servers)."""
+import os
+
+
+def tree_processes(root: int | None = None) -> dict | None:
+    """{pid: (name, own CPU seconds, CPU seconds of its reaped children)} of `root` (default this process) and its
+    descendants; None without /proc."""
+    if not os.path.isdir("/proc"): return None
+    procs = {}
+    for p in os.listdir("/proc"):
+        if not p.isdigit(): continue
+        try: st = open(f"/proc/{p}/stat").read()
+        except OSError: continue
+        f = st[st.rindex(")") + 2:].split()
+        procs[int(p)] = (int(f[1]), st[st.index("(") + 1:st.rindex(")")],  # ppid, comm
+                         int(f[11]) + int(f[12]), int(f[13]) + int(f[14]))  # utime + stime, cutime + cstime
+    kids = {}
+    for p, v in procs.items(): kids.setdefault(v[0], []).append(p)
+    hz = os.sysconf("SC_CLK_TCK")
+    out, todo = {}, [root or os.getpid()]
+    while todo:
+        x = todo.pop()
+        if x in procs: out[x] = (procs[x][1], procs[x][2] / hz, procs[x][3] / hz)
+        todo += kids.get(x, [])
+    return out
+
+
+def tree_cpu_seconds(root: int | None = None):
+    "User + system CPU seconds of `root` (default this process) and its descendants, reaped children included; None without /proc."
+    t = tree_processes(root)
+    return None if t is None else sum(own + reaped for _, own, reaped in t.values())
+
+
+class CpuLedger:
+    """CPU seconds a process tree has used since it was created, by kind (`jvm`: processes named java; `python`: all
+    the others), that never goes back: a process that ends keeps the CPU last read for it (a Python worker that
+    exits is not always reaped by a process of the tree, so its parent's children times cannot be relied on)."""
+    def __init__(self, root: int | None = None):
+        self.root, self.last = root, {}
+    def read(self) -> dict | None:
+        t = tree_processes(self.root)
+        if t is None: return None
+        for pid, (name, own, _) in t.items():
+            kind = "jvm" if name == "java" else "python"
+            if pid not in self.last or self.last[pid][0] != kind or own >= self.last[pid][1]: self.last[pid] = (kind, own)
+        out = {"jvm": 0.0, "python": 0.0}
+        for kind, own in self.last.values(): out[kind] += own
+        return out
