@@ -82,6 +82,7 @@ test: check-export check-clean test-nbs test-py
 bench: $(STAMP)
 	$(BIN)/python benchmarks/simulate.py --quick
 	$(BIN)/python benchmarks/batch_features.py --quick
+	$(BIN)/python benchmarks/batch_read_plans.py --quick
 	$(BIN)/python benchmarks/training.py --quick
 	$(BIN)/python benchmarks/streaming.py --quick
 	$(BIN)/python benchmarks/serving.py --quick
