@@ -3,8 +3,8 @@ import os
 
 
 def tree_processes(root: int | None = None) -> dict | None:
-    """{pid: (name, own CPU seconds, CPU seconds of its reaped children)} of `root` (default this process) and its
-    descendants; None without /proc."""
+    """{pid: (name, own CPU seconds, CPU seconds of its reaped children, start time in clock ticks after boot)} of
+    `root` (default this process) and its descendants; None without /proc."""
     if not os.path.isdir("/proc"): return None
     procs = {}
     for p in os.listdir("/proc"):
@@ -13,14 +13,14 @@ def tree_processes(root: int | None = None) -> dict | None:
         except OSError: continue
         f = st[st.rindex(")") + 2:].split()
         procs[int(p)] = (int(f[1]), st[st.index("(") + 1:st.rindex(")")],  # ppid, comm
-                         int(f[11]) + int(f[12]), int(f[13]) + int(f[14]))  # utime + stime, cutime + cstime
+                         int(f[11]) + int(f[12]), int(f[13]) + int(f[14]), int(f[19]))  # utime + stime, cutime + cstime, starttime
     kids = {}
     for p, v in procs.items(): kids.setdefault(v[0], []).append(p)
     hz = os.sysconf("SC_CLK_TCK")
     out, todo = {}, [root or os.getpid()]
     while todo:
         x = todo.pop()
-        if x in procs: out[x] = (procs[x][1], procs[x][2] / hz, procs[x][3] / hz)
+        if x in procs: out[x] = (procs[x][1], procs[x][2] / hz, procs[x][3] / hz, procs[x][4])
         todo += kids.get(x, [])
     return out
 
@@ -28,7 +28,7 @@ def tree_processes(root: int | None = None) -> dict | None:
 def tree_cpu_seconds(root: int | None = None):
     "User + system CPU seconds of `root` (default this process) and its descendants, reaped children included; None without /proc."
     t = tree_processes(root)
-    return None if t is None else sum(own + reaped for _, own, reaped in t.values())
+    return None if t is None else sum(own + reaped for _, own, reaped, _ in t.values())
 
 
 class CpuLedger:
@@ -40,9 +40,8 @@ class CpuLedger:
     def read(self) -> dict | None:
         t = tree_processes(self.root)
         if t is None: return None
-        for pid, (name, own, _) in t.items():
-            kind = "jvm" if name == "java" else "python"
-            if pid not in self.last or self.last[pid][0] != kind or own >= self.last[pid][1]: self.last[pid] = (kind, own)
+        for pid, (name, own, _, start) in t.items():  # (pid, start time): a reused pid is another process
+            self.last[pid, start] = ("jvm" if name == "java" else "python", own)
         out = {"jvm": 0.0, "python": 0.0}
         for kind, own in self.last.values(): out[kind] += own
         return out
