@@ -45,7 +45,7 @@ demo: $(STAMP)
 	@echo
 	@echo "Demo outputs under $(DEMO_DIR)/:"
 	@echo "  events/ (landing zone), tables/ (Parquet), truth/ (ground truth), world.json"
-	@echo "  offline/ (sessions, session/user/product features), training/training_set/, quality/quality.md, rejected/"
+	@echo "  offline/ (sessions, session/user/visitor/product features), training/training_set/, quality/quality.md, rejected/"
 	@echo "  models/ (runs, Optuna study), registry/ (versioned models, promoted.json), reports/index.html (rendered reports)"
 	@echo "  streaming/ (checkpoint, metrics.jsonl), offline/stream_session_features/ (the stream's offline rows)"
 	@echo "Online store: $$($(BIN)/propensity online-store status | grep -E '│ url ' | tr -s ' │' ' ')  (stop it: $(BIN)/propensity online-store stop)"

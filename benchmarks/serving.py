@@ -59,13 +59,14 @@ def build_world(d: Path):
 
 
 def requests_of(d: Path, n: int, seed: int = 0) -> list[dict]:
-    "Scoring requests from the newest scoring points of the world (their users, sessions, products), scored at the point."
+    "Scoring requests from the newest scoring points of the world (their users, browsers, sessions, products), scored at the point."
     tr = read_table(d / "training" / "training_set").sort_values("event_timestamp").tail(20_000)
     rows = tr.sample(min(n, len(tr)), random_state=seed, replace=n > len(tr))
     at = pd.to_datetime(rows["event_timestamp"], utc=True).astype("datetime64[ns, UTC]").astype("int64") // 1_000_000
-    return [{"user_id": u if isinstance(u, str) else None, "anonymous_id": "bench", "session_id": s,
+    return [{"user_id": u if isinstance(u, str) else None, "anonymous_id": a, "session_id": s,
              "product_id": p if isinstance(p, str) else None, "at_ms": int(t), "event_type": None if e == "none" else e}
-            for u, s, p, t, e in zip(rows["user_id"], rows["session_id"], rows["product_id"], at, rows["sess_request_event"])]
+            for u, a, s, p, t, e in zip(rows["user_id"], rows["anonymous_id"], rows["session_id"], rows["product_id"], at,
+                                        rows["sess_request_event"])]
 
 
 def pct(xs, q) -> float: return float(np.percentile(np.asarray(xs) * 1000, q))  # ms
@@ -85,7 +86,7 @@ def baseline(store, sc: Scorer, reqs: list[dict]) -> tuple[list[float], list[flo
     times, probs = [], []
     for q in reqs:
         t = time.perf_counter()
-        got = store.get_online_features(features=fs, entity_rows=[{"user_id": q["user_id"] or "", "session_id": q["session_id"],
+        got = store.get_online_features(features=fs, entity_rows=[{"user_id": q["user_id"] or "", "anonymous_id": q["anonymous_id"], "session_id": q["session_id"],
                                                                    "product_id": q["product_id"] or ""}]).to_dict()
         df = pd.DataFrame(got)
         for f in mb.encoder.features:  # the spec's defaults for missing values, as the training set has them

@@ -1,4 +1,4 @@
-"""The daily batch job: raw events -> validated, de-duplicated events -> sessions, labels and eligibility -> session features at scoring points (the fold) -> user and product snapshots -> the point-in-time training set.
+"""The daily batch job: raw events -> validated, de-duplicated events -> sessions, labels and eligibility -> session features at scoring points (the fold) -> user, visitor and product snapshots -> the point-in-time training set.
 
 Docs: https://propensity.github.io/propensity/batch.html.md"""
 
@@ -20,13 +20,13 @@ import pandas as pd
 
 from .config import Settings
 from .contracts import EVENT, parse_json_lines, spark_fast_path
-from .features import (FEATURES, Eligibility, ScoringPolicy, SessionState, at_time, features_of, fold_session,
+from .features import (ENTITIES, FEATURES, Eligibility, ScoringPolicy, SessionState, at_time, features_of, fold_session,
                                  model_features)
 
 # %% auto #0
 __all__ = ['SPARK_DEFAULTS', 'DAY_MS', 'TRAINING_KEYS', 'SEGMENT_COLUMNS', 'spark_session', 'BatchConfig', 'read_events',
            'pass_schema', 'fold_sessions', 'label_sessions', 'user_snapshots', 'product_daily', 'product_snapshots',
-           'training_set', 'run_batch']
+           'visitor_snapshots', 'training_set', 'run_batch']
 
 # %% ../nbs/06_batch.ipynb #b01bc6d4
 SPARK_DEFAULTS = {
@@ -339,12 +339,36 @@ def product_snapshots(spark, events, tables: Path, days, cfg: BatchConfig, daily
              .withColumn("prod_cart_to_purchase_30d", smooth("prod_purchases_30d", "prod_carts_30d", "cat_prod_purchases_30d", "cat_prod_carts_30d", c)))
     return _finish(snap, "product")
 
+def visitor_snapshots(sessions, days, history_days: int = 90):
+    """Visitor features per (anonymous_id, as-of day) from the session summaries (`label_sessions`): the browser's
+    sessions, bots excluded, that ended in the `history_days` days before the as-of day began. Only a browser with
+    such a session has a row; for the others a row would hold the spec's defaults, which the joins fill in."""
+    from pyspark.sql import functions as F
+    steps = F.col("sess_page_views") + F.col("sess_searches") + F.col("sess_product_views")
+    daily = (sessions.filter(~F.col("is_bot") & F.col("anonymous_id").isNotNull())
+             .groupBy("anonymous_id", F.floor(F.col("event_timestamp") / DAY_MS).alias("day"))  # the day it ended
+             .agg(F.count("*").alias("n"), F.sum(F.col("label_in_session").cast("long")).alias("buys"),
+                  F.sum((F.col("sess_add_to_cart") > 0).cast("long")).alias("carts"),
+                  F.sum(F.log1p(steps)).alias("lsteps"), F.max("event_timestamp").alias("last_ms")))
+    d = F.broadcast(days.select("asof", "ts", "asof_date"))
+    n = F.col("n")
+    snap = (daily.join(d, (F.col("day") < F.col("asof")) & (F.col("day") >= F.col("asof") - history_days))
+            .groupBy("anonymous_id", "asof", "ts", "asof_date").agg(
+                F.sum("n").alias("n"), F.sum(F.when(F.col("day") >= F.col("asof") - 7, n).otherwise(0)).alias("n7"),
+                F.sum("buys").alias("buys"), F.sum("carts").alias("carts"), F.sum("lsteps").alias("lsteps"),
+                F.max("last_ms").alias("last_ms"))
+            .select("anonymous_id", "ts", "asof_date", n.alias("visitor_sessions_90d"), F.col("n7").alias("visitor_sessions_7d"),
+                    F.col("buys").alias("visitor_purchase_sessions_90d"), (F.col("buys") / n).alias("visitor_purchase_rate_90d"),
+                    (F.col("carts") / n).alias("visitor_cart_rate_90d"), (F.col("lsteps") / n).alias("visitor_mean_log_steps_90d"),
+                    ((F.col("ts") - F.col("last_ms")) / DAY_MS).alias("visitor_days_since_last_session")))
+    return _finish(snap, "visitor")
+
 def _finish(snap, entity: str):
     "Spec columns in spec order, spec types, defaults for missing values, and the Feast timestamp."
     from pyspark.sql import functions as F
     feats = features_of(entity, "state")
     cast = {"int64": "long", "float64": "double", "string": "string", "bool": "boolean"}
-    key = {"user": "user_id", "product": "product_id"}[entity]
+    key = ENTITIES[entity]
     cols = [F.col(key), F.timestamp_millis("ts").alias("event_timestamp"), F.col("asof_date").alias("dt")]
     for f in feats:
         c = F.col(f.name) if f.name in snap.columns else F.lit(None)
@@ -355,14 +379,15 @@ def _finish(snap, entity: str):
 TRAINING_KEYS = ["point_id", "session_id", "user_id", "anonymous_id", "product_id", "event_timestamp", "trigger"]
 SEGMENT_COLUMNS = {"device": "sess_device", "country": "sess_country", "traffic_source": "sess_traffic_source"}
 
-def training_set(points, sessions, user_snap, prod_snap):
-    "The point-in-time training set (Spark DataFrame) with a `dt` partition column."
+def training_set(points, sessions, snapshots: dict):
+    "The point-in-time training set (Spark DataFrame) with a `dt` partition column; `snapshots` maps an entity to its daily snapshots (or None)."
     from pyspark.sql import functions as F
     cast = {"int64": "long", "float64": "double", "string": "string", "bool": "boolean"}
     p = (points.join(sessions.select("session_id", "label", "eligible"), "session_id").filter("eligible")
                .withColumn("dt", F.to_date(F.timestamp_millis("event_timestamp"))))
-    for snap, key, entity in ((user_snap, "user_id", "user"), (prod_snap, "product_id", "product")):
+    for entity, snap in snapshots.items():
         if snap is not None:
+            key = ENTITIES[entity]
             p = p.join(snap.select(key, "dt", *[f.name for f in features_of(entity, "state")]), [key, "dt"], "left")
     feats = [F.coalesce(F.col(f.name) if f.name in p.columns else F.lit(None).cast(cast[f.dtype]),
                         F.lit(f.default).cast(cast[f.dtype])).cast(cast[f.dtype]).alias(f.name) for f in model_features()]
@@ -398,7 +423,7 @@ def run_batch(data_dir: str | Path, settings: Settings | None = None, cfg: Batch
     settings = settings or Settings.from_env()
     data_dir = Path(data_dir); offline = data_dir / "offline"; tables = data_dir / "tables"
     spark = spark or spark_session(settings, "propensity-features")
-    st = _Stages(progress, 6); t0 = time.perf_counter(); s = {}
+    st = _Stages(progress, 7); t0 = time.perf_counter(); s = {}
 
     def read():
         valid, rejected, src, cached = read_events(spark, data_dir, _PASS_INPUT)
@@ -445,6 +470,13 @@ def run_batch(data_dir: str | Path, settings: Settings | None = None, cfg: Batch
         return u
     user_snap = st("user snapshots", users)
 
+    def visitors():
+        v = visitor_snapshots(sessions, days) if days is not None else None
+        if v is None: s["visitor_rows"] = 0; return None
+        v = v.persist(StorageLevel.MEMORY_AND_DISK); _write(v, offline / "visitor_features"); s["visitor_rows"] = v.count()
+        return v
+    visitor_snap = st("visitor snapshots", visitors)
+
     def products():
         p = product_snapshots(spark, None, tables, days, cfg, daily=daily) if days is not None else None
         if p is None: s["product_rows"] = 0; return None
@@ -453,7 +485,7 @@ def run_batch(data_dir: str | Path, settings: Settings | None = None, cfg: Batch
     prod_snap = st("product snapshots", products)
 
     def train():
-        tr = training_set(points, sessions, user_snap, prod_snap).persist(StorageLevel.MEMORY_AND_DISK)
+        tr = training_set(points, sessions, dict(user=user_snap, visitor=visitor_snap, product=prod_snap)).persist(StorageLevel.MEMORY_AND_DISK)
         _write(tr, data_dir / "training" / "training_set")
         c = tr.agg(F.count("*"), F.sum(F.col("label").cast("long")), F.countDistinct("session_id")).first()
         s.update(training_rows=c[0], training_positive_rows=c[1], training_sessions=c[2])
@@ -461,7 +493,7 @@ def run_batch(data_dir: str | Path, settings: Settings | None = None, cfg: Batch
     st("training set (point-in-time join)", train)
 
     def finish():
-        for df in (out, sessions, user_snap, prod_snap):
+        for df in (out, sessions, user_snap, visitor_snap, prod_snap):
             if df is not None: df.unpersist()
     st("release caches", finish)
     s["seconds"] = round(time.perf_counter() - t0, 2); s["stage_seconds"] = st.seconds

@@ -168,7 +168,7 @@ def cmd_features(args, settings: Settings) -> int:
             ["  dropped: single heartbeat", f"{s['single_heartbeat']:,}"],
             ["  dropped: no product interaction", f"{s['no_product']:,}"],
             ["  eligible (converted)", f"{s['eligible']:,} ({s['converted']:,})"],
-            ["user / product snapshot rows", f"{s['user_rows']:,} / {s['product_rows']:,}"],
+            ["user / visitor / product snapshot rows", f"{s['user_rows']:,} / {s['visitor_rows']:,} / {s['product_rows']:,}"],
             ["training rows (positive) / sessions", f"{s['training_rows']:,} ({s['training_positive_rows']:,}) / {s['training_sessions']:,}"],
             ["seconds (events/s)", f"{s['seconds']:,.1f} ({s['events_per_s']:,})"]]
     rows += [[f"  stage: {k}", f"{v:.1f} s"] for k, v in s["stage_seconds"].items()]

@@ -47,7 +47,7 @@ __all__ = ['FEAST_TYPES', 'VIEWS', 'TTLS', 'SERVICES', 'TIMESTAMP', 'ENTITY_KEY_
 # %% ../nbs/07_feast.ipynb #a24b69e8
 FEAST_TYPES = {"int64": Int64, "float64": Float64, "string": String, "bool": Bool}
 VIEWS = {e: f"{e}_features" for e in ENTITIES}  # entity -> feature view (and offline table) name
-TTLS = {"session": timedelta(days=1), "user": timedelta(days=2), "product": timedelta(days=2)}
+TTLS = {"session": timedelta(days=1), "user": timedelta(days=2), "visitor": timedelta(days=2), "product": timedelta(days=2)}
 SERVICES = {"propensity_v1": tuple(VIEWS.values())}  # one feature service per model: its views
 TIMESTAMP = "event_timestamp"
 ENTITY_KEY_SERIALIZATION_VERSION = 3  # the only version Feast 0.67 does not deprecate

@@ -17,19 +17,19 @@ from typing import Any, Iterable
 import orjson
 
 # %% auto #0
-__all__ = ['DTYPES', 'ENTITIES', 'S', 'U', 'P', 'FEATURES', 'MODEL_EXCLUDE', 'Feature', 'features_of', 'model_features',
+__all__ = ['DTYPES', 'ENTITIES', 'S', 'U', 'V', 'P', 'FEATURES', 'MODEL_EXCLUDE', 'Feature', 'features_of', 'model_features',
            'spec_hash', 'SessionState', 'at_time', 'Eligibility', 'ScoringPolicy', 'fold_session', 'session_points']
 
 # %% ../nbs/05_features.ipynb #0ab9a362
 DTYPES = ("int64", "float64", "string", "bool")
-ENTITIES = {"session": "session_id", "user": "user_id", "product": "product_id"}
+ENTITIES = {"session": "session_id", "user": "user_id", "visitor": "anonymous_id", "product": "product_id"}
 
 @dataclass(frozen=True)
 class Feature:
     "One feature: its name, type, entity, meaning and the value used when it is missing."
     name: str
     dtype: str          # int64 | float64 | string | bool
-    entity: str         # session | user | product
+    entity: str         # session | user | visitor | product
     description: str
     default: Any = 0
     when: str = "state"  # state (from the fold / daily batch) | request (computed at scoring time)
@@ -41,7 +41,7 @@ class Feature:
 
 def _f(entity):
     return lambda name, dtype, description, default=0, when="state": Feature(name, dtype, entity, description, default, when)
-S, U, P = _f("session"), _f("user"), _f("product")
+S, U, V, P = _f("session"), _f("user"), _f("visitor"), _f("product")
 
 FEATURES: tuple[Feature, ...] = (
     # --- session: the fold --------------------------------------------------------------
@@ -94,6 +94,16 @@ FEATURES: tuple[Feature, ...] = (
     U("user_top_brand", "string", "Brand bought most often.", "none"),
     U("user_top_brand_share", "float64", "Share of units of the top brand.", 0.0),
     U("user_tenure_days", "float64", "Days since sign-up (0 when unknown).", 0.0),
+    # --- visitor (the browser, anonymous_id): daily batch over its earlier sessions, bots excluded ------------
+    V("visitor_sessions_90d", "int64", "Sessions of this browser that ended in the 90 days before the snapshot."),
+    V("visitor_sessions_7d", "int64", "Sessions of this browser that ended in the 7 days before the snapshot."),
+    V("visitor_purchase_sessions_90d", "int64", "Of those 90 days' sessions, the ones with a purchase."),
+    V("visitor_purchase_rate_90d", "float64", "Share of the 90 days' sessions with a purchase (0 without sessions).", 0.0),
+    V("visitor_cart_rate_90d", "float64", "Share of the 90 days' sessions with an add-to-cart (0 without sessions).", 0.0),
+    V("visitor_mean_log_steps_90d", "float64", "Mean of log(1 + browsing steps: page views, searches, product views) "
+      "over the 90 days' sessions: how long this browser usually browses (0 without sessions).", 0.0),
+    V("visitor_days_since_last_session", "float64", "Days from the end of the latest earlier session to the snapshot "
+      "(999 when none in 90 days).", 999.0),
     # --- product: daily batch ------------------------------------------------------------
     P("prod_views_7d", "int64", "Views in the last 7 days."),
     P("prod_views_30d", "int64", "Views in the last 30 days."),

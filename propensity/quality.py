@@ -57,6 +57,7 @@ def _entity_table(entity: str) -> TableSpec:
 
 TABLES: dict[str, TableSpec] = {t.name: t for t in (
     _entity_table("user"),
+    _entity_table("visitor"),
     _entity_table("product"),
     TableSpec("session_features", "offline/session_features",
               ((ENTITIES["session"], "string", False), (TS, "timestamp", False)),
@@ -79,6 +80,7 @@ RANGE_RULES: tuple[tuple, ...] = (
     (r"price|value|aov",                r"\bEUR\b",          None,      0,   None, "money"),
     (r"days",                           None,                None,      0,   None, "days"),
     (r"_s$|_ms$|_per_minute$",          r"\bseconds\b",      None,      0,   None, "durations and times"),
+    (r"_log_",                          r"\blog\(1 \+",       "float64", 0,   None, "log(1 + a count)"),
     (None,                              None,                "int64",   0,   None, "counts"),
 )
 
@@ -201,7 +203,8 @@ def synthetic_frame(name: str, n: int, day: str, *, seed: int = 0) -> pd.DataFra
     for f in t.features:
         df[f.name] = _draw(f, n, rng, ts)
     if name == "training_set":  # unknown user / product: the spec default, as the training-set builder fills them
-        for entity in ("user", "product"):
+        for entity in ("user", "visitor", "product"):
+            if ENTITIES[entity] not in df: continue
             miss = df[ENTITIES[entity]].isna()
             for f in features_of(entity): df.loc[miss, f.name] = f.default
     return df

@@ -33,7 +33,7 @@ __all__ = ['DECODERS', 'SEGMENT_FEATURES', 'ACTIONS', 'BAND_NAMES', 'DEFAULT_POL
            'resp_reader', 'RespClient', 'RowError', 'parse_rows', 'score_rows']
 
 # %% ../nbs/18_scorer.ipynb #ca8c6f39
-_ENTITY_ORDER = ("user", "session", "product")  # the order of the three HMGETs of one request
+_ENTITY_ORDER = ("user", "visitor", "session", "product")  # the order of the HMGETs of one request
 
 def _key_prefix(join_key: str) -> bytes:
     k = join_key.encode()
@@ -97,7 +97,7 @@ def decode_ts_ms(b: bytes | None) -> int | None:
 
 # %% ../nbs/18_scorer.ipynb #9288d03a
 class FeatureReader:
-    "The three HMGETs of one request in Feast's Redis layout, and their decoding into state features."
+    "The HMGETs of one request (one per entity) in Feast's Redis layout, and their decoding into state features."
     def __init__(self, project: str):
         self.project = project
         self.features = {e: features_of(e, "state") for e in _ENTITY_ORDER}
@@ -106,7 +106,7 @@ class FeatureReader:
                        [f.default for f in self.features[e]]) for e in _ENTITY_ORDER]
 
     def commands(self, ids: Mapping[str, str | None]) -> list[tuple[bytes, list[bytes]] | None]:
-        "`(key, fields)` per entity in user, session, product order (None for an id not given); `ids` maps join keys to values."
+        "`(key, fields)` per entity in user, visitor, session, product order (None for an id not given); `ids` maps join keys to values."
         return [(entity_key(e, v, self.project), self.fields[e]) if (v := ids.get(ENTITIES[e])) else None for e in _ENTITY_ORDER]
 
     def decode(self, replies: Sequence[list | None], fill: bool = True) -> tuple[dict, list[str], dict]:
@@ -437,7 +437,8 @@ class CircuitBreaker:
 def _now_ms() -> int: return time.time_ns() // 1_000_000
 
 def _ids(req: Mapping) -> dict:
-    return {"user_id": req.get("user_id"), "session_id": req.get("session_id"), "product_id": req.get("product_id")}
+    return {"user_id": req.get("user_id"), "anonymous_id": req.get("anonymous_id"), "session_id": req.get("session_id"),
+            "product_id": req.get("product_id")}
 
 class Scorer:
     "Features (one round trip) -> model -> band -> action, with a fallback prior; model and policy hot-reloaded."

@@ -95,6 +95,35 @@ def test_user_features_are_point_in_time(world):
     assert (changed > 1).sum() > 10
 
 
+def test_visitor_features_are_point_in_time(world):
+    """The browser's history at every training point, recomputed from the simulator's truth: its sessions (bots
+    excluded) that ended in the 90 and 7 days before the point's day began, those with a purchase, the days since the
+    latest. Nothing of the point's own day is visible, so the point's own session never counts."""
+    out, _ = world
+    tr = _read(out / "training" / "training_set")
+    truth = load_truth(out)
+    hist = truth[truth.kind != "bot"].groupby("anonymous_id")[["end_time", "label"]].apply(
+        lambda g: g.sort_values("end_time")[["end_time", "label"]].to_numpy(np.int64))
+    day_start = _ms(tr.event_timestamp) // DAY * DAY
+    exp = {k: [] for k in ("n90", "n7", "buys", "days")}
+    for a, d in zip(tr.anonymous_id, day_start):
+        h = hist.get(a)
+        seen = h[(h[:, 0] < d) & (h[:, 0] >= d - 90 * DAY)] if h is not None else np.zeros((0, 2), np.int64)
+        exp["n90"].append(len(seen)); exp["n7"].append(int((seen[:, 0] >= d - 7 * DAY).sum())); exp["buys"].append(int(seen[:, 1].sum()))
+        exp["days"].append((d - seen[-1, 0]) / DAY if len(seen) else 999.0)
+    assert (tr.visitor_sessions_90d.to_numpy() == np.array(exp["n90"])).all()
+    assert (tr.visitor_sessions_7d.to_numpy() == np.array(exp["n7"])).all()
+    assert (tr.visitor_purchase_sessions_90d.to_numpy() == np.array(exp["buys"])).all()
+    np.testing.assert_allclose(tr.visitor_days_since_last_session.to_numpy(), np.array(exp["days"]), rtol=1e-12)
+    n = tr.visitor_sessions_90d.to_numpy()
+    np.testing.assert_allclose(tr.visitor_purchase_rate_90d[n > 0], (tr.visitor_purchase_sessions_90d / n)[n > 0], rtol=1e-12)
+    assert (tr.visitor_purchase_rate_90d[n == 0] == 0).all() and (tr.visitor_mean_log_steps_90d[n == 0] == 0).all()
+    steps = tr.visitor_mean_log_steps_90d[n > 0]  # 0 for a browser whose sessions were all bounces (no browsing step)
+    assert (steps >= 0).all() and (steps > 0).mean() > 0.5
+    # the check has teeth: many points have a history, and it grows over the window for some browsers
+    assert (n > 0).sum() > 1000 and (tr.groupby("anonymous_id").visitor_sessions_90d.nunique() > 1).sum() > 100
+
+
 def test_product_window_counts_recomputed(world):
     out, _ = world
     snap = _read(out / "offline" / "product_features")
@@ -187,15 +216,16 @@ def test_spark_as_of_join_equals_feasts_point_in_time_join(world, store):
     fs, _ = store
     tr = _read(out / "training" / "training_set")
     sample = pd.concat([tr[tr.user_id.notna()].sample(150, random_state=1), tr[tr.user_id.isna()].sample(50, random_state=1)])
-    ent = sample[["user_id", "product_id", "session_id", "event_timestamp"]].reset_index(drop=True)
+    ent = sample[["user_id", "anonymous_id", "product_id", "session_id", "event_timestamp"]].reset_index(drop=True)
     got = historical_features(fs, ent)
-    for entity in ("user", "product"):
+    for entity in ("user", "visitor", "product"):
         for f in features_of(entity, "state"):
             feast = got[f.name].astype(object).where(got[f.name].notna(), f.default).to_numpy()
             ours = sample[f.name].to_numpy()
             if f.dtype == "float64": np.testing.assert_allclose(ours.astype(float), feast.astype(float), rtol=1e-12, err_msg=f.name)
             else: assert list(ours) == list(feast), f.name
     assert got.user_orders_lifetime.notna().sum() > 50   # the comparison covered real values, not only defaults
+    assert got.visitor_sessions_90d.notna().sum() > 20
 
 
 def test_online_store_holds_exactly_the_latest_offline_values(world, store):
@@ -207,11 +237,16 @@ def test_online_store_holds_exactly_the_latest_offline_values(world, store):
     sessions = _read(out / "offline" / "session_features").set_index("session_id")
     end = sessions.event_timestamp.max()
     recent = sessions[sessions.event_timestamp >= end - pd.Timedelta(days=1)]
+    visitors = _read(out / "offline" / "visitor_features")
+    vlatest = visitors.sort_values("event_timestamp").groupby("anonymous_id").tail(1).set_index("anonymous_id")
     uids = latest.sample(100, random_state=2).index.tolist()
     sids = recent.sample(100, random_state=2).index.tolist()
-    got = fs.get_online_features(features=fs.get_feature_service("propensity_v1"),
-                                 entity_rows=[{"user_id": u, "session_id": s, "product_id": "p000001"} for u, s in zip(uids, sids)]).to_dict()
+    aids = vlatest.sample(100, random_state=2).index.tolist()
+    got = fs.get_online_features(features=fs.get_feature_service("propensity_v1"), entity_rows=[
+        {"user_id": u, "session_id": s, "anonymous_id": a, "product_id": "p000001"} for u, s, a in zip(uids, sids, aids)]).to_dict()
     for f in features_of("user", "state"):
         assert got[f.name] == latest.loc[uids, f.name].tolist(), f.name
+    for f in features_of("visitor", "state"):
+        assert got[f.name] == vlatest.loc[aids, f.name].tolist(), f.name
     for f in features_of("session", "state"):
         assert got[f.name] == recent.loc[sids, f.name].tolist(), f.name

@@ -25,7 +25,10 @@ def drifted(tmp_path_factory, spark):
     from propensity.batch import run_batch
     from propensity.quality import check_tables
     out = tmp_path_factory.mktemp("drift") / "w"
-    simulate("small", DAYS, 7, out, drift=Drift(day=DRIFT_DAY, column="device", value="mobile", shift=-1.0), progress=False)
+    # -1.5 on the purchase logit: about three quarters fewer mobile buyers. With -1.0 and the model that has the visitor
+    # features, the checking half's mobile ECE came out at 0.037 against the 0.04 bar (its observed rate, 0.044, is
+    # above the fitting half's 0.032 by chance): a test that stood on the luck of the split
+    simulate("small", DAYS, 7, out, drift=Drift(day=DRIFT_DAY, column="device", value="mobile", shift=-1.5), progress=False)
     run_batch(out, spark=spark, progress=False)
     check_tables(out).write(out / "quality")
     start = json.loads((out / "world.json").read_text())["start_date"]

@@ -21,6 +21,7 @@ from propensity.onlinestore import redis_client
 UTC = timezone.utc
 DAYS = [date(2024, 3, 1) + timedelta(days=k) for k in range(4)]  # snapshot of day D: event_timestamp D+1 00:00
 USERS = [f"u{i:03d}" for i in range(40)]
+VISITORS = [f"a{i:03d}" for i in range(25)]
 PRODUCTS = [f"p{i:03d}" for i in range(30)]
 SESSIONS = [f"s{i:03d}" for i in range(50)]
 SESSION_T0 = datetime(2024, 3, 3, 12, tzinfo=UTC)  # session i: states at T0 + 40 min * i and 20 min later
@@ -46,7 +47,7 @@ def rows_of(entity: str) -> pd.DataFrame:
                 rows.append({key: s, "event_timestamp": SESSION_T0 + timedelta(minutes=40 * i + 20 * k),
                              **{f.name: value(f, i, k) for f in feats}})
     else:
-        ids = USERS if entity == "user" else PRODUCTS
+        ids = {"user": USERS, "visitor": VISITORS, "product": PRODUCTS}[entity]
         for k, day in enumerate(DAYS):
             ts = datetime.combine(day + timedelta(days=1), datetime.min.time(), UTC)
             rows += [{key: e, "event_timestamp": ts, **{f.name: value(f, i, k) for f in feats}} for i, e in enumerate(ids)]
@@ -73,7 +74,7 @@ def write_table(df: pd.DataFrame, file, writer: str) -> None:
 
 def write_offline(d, writers=None, entities=tuple(ENTITIES)) -> dict:
     "Write the tables of `entities` under `d`, one `dt=` folder per day, as Spark leaves them (plus `_SUCCESS`)."
-    writers = writers or {"user": "pandas", "product": "spark", "session": "spark"}
+    writers = writers or {"user": "pandas", "visitor": "spark", "product": "spark", "session": "spark"}
     frames = {e: rows_of(e) for e in entities}
     for e, df in frames.items():
         dt = df["event_timestamp"].dt.date if e == "session" else df["event_timestamp"].dt.date - timedelta(days=1)
@@ -100,9 +101,9 @@ def py(v):
     return v.item() if hasattr(v, "item") else v
 
 
-TTL = {"session": timedelta(days=1), "user": timedelta(days=2), "product": timedelta(days=2)}  # stated by the issue
+TTL = {"session": timedelta(days=1), "user": timedelta(days=2), "visitor": timedelta(days=2), "product": timedelta(days=2)}  # daily snapshots
 SESSION_END = SESSION_T0 + timedelta(minutes=40 * (len(SESSIONS) - 1) + 20)  # the newest session state
-VIEW_END = {"user": END, "product": END, "session": SESSION_END}  # without `end`, each view is loaded to its own newest row
+VIEW_END = {"user": END, "visitor": END, "product": END, "session": SESSION_END}  # without `end`, each view is loaded to its own newest row
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +128,7 @@ def test_ttls_and_summary(world):
     assert {e: s["views"][v]["end"] for e, v in VIEWS.items()} == VIEW_END
     in_window = [sid for i, sid in enumerate(SESSIONS) if SESSION_T0 + timedelta(minutes=40 * i + 20) >= SESSION_END - TTL["session"]]
     assert {v: s["views"][v]["rows"] for v in VIEWS.values()} == {
-        "user_features": len(USERS), "product_features": len(PRODUCTS), "session_features": len(in_window)}
+        "user_features": len(USERS), "visitor_features": len(VISITORS), "product_features": len(PRODUCTS), "session_features": len(in_window)}
     assert 0 < len(in_window) < len(SESSIONS)  # some sessions are older than the session TTL
     assert s["seconds"] > 0
 
@@ -138,7 +139,7 @@ def online(store, rows):
 
 def samples():
     "Entity rows that combine sampled users, products and sessions (some sessions older than the TTL)."
-    return [{"user_id": USERS[i % len(USERS)], "product_id": PRODUCTS[(3 * i) % len(PRODUCTS)],
+    return [{"user_id": USERS[i % len(USERS)], "anonymous_id": VISITORS[(5 * i) % len(VISITORS)], "product_id": PRODUCTS[(3 * i) % len(PRODUCTS)],
              "session_id": SESSIONS[(7 * i) % len(SESSIONS)]} for i in range(0, 40, 3)]
 
 
@@ -161,7 +162,7 @@ def test_online_features_are_the_latest_offline_values(world):
             loaded_sessions += e == "session" and exp is not None
     assert 0 < loaded_sessions < len(rows)
     # unknown entities: every feature is null
-    none = online(store, [{"user_id": "nobody", "product_id": "nothing", "session_id": "never"}])
+    none = online(store, [{"user_id": "nobody", "anonymous_id": "nobody", "product_id": "nothing", "session_id": "never"}])
     assert all(none[f.name] == [None] for f in state)
 
 
@@ -211,11 +212,14 @@ PIT_CASES = [  # (timestamp, the user/product snapshot it must see, or None)
 ]
 
 
+SNAPSHOTS = ("user", "visitor", "product")  # the daily views
+
+
 def pit_rows():
     rows = []
     for n, (t, _) in enumerate(PIT_CASES):
         for i in (0, 7, 23):
-            rows.append({"user_id": USERS[i], "product_id": PRODUCTS[i], "session_id": SESSIONS[5 if n >= 6 else i],
+            rows.append({"user_id": USERS[i], "anonymous_id": VISITORS[i], "product_id": PRODUCTS[i], "session_id": SESSIONS[5 if n >= 6 else i],
                          "event_timestamp": pd.Timestamp(t), "row": len(rows)})
     return rows
 
@@ -237,12 +241,12 @@ def check_row(out_row, row, frames, views=tuple(ENTITIES)):
 def test_feast_historical_features_point_in_time(world):
     "Feast's own point-in-time join, on rows where every requested view has a row within its TTL."
     store, frames = world["store"], world["frames"]
-    rows = [r for r in pit_rows() if all(expected(frames, e, r[ENTITIES[e]], r["event_timestamp"], TTL[e]) for e in ("user", "product"))]
+    rows = [r for r in pit_rows() if all(expected(frames, e, r[ENTITIES[e]], r["event_timestamp"], TTL[e]) for e in SNAPSHOTS)]
     entity_df = pd.DataFrame(rows).drop(columns="session_id")
-    refs = [f"{VIEWS[e]}:{f.name}" for e in ("user", "product") for f in features_of(e, "state")]
+    refs = [f"{VIEWS[e]}:{f.name}" for e in SNAPSHOTS for f in features_of(e, "state")]
     out = store.get_historical_features(entity_df=entity_df, features=refs).to_df().set_index("row")
     assert sorted(out.index) == [r["row"] for r in rows]
-    for r in rows: check_row(out.loc[r["row"]], r, frames, ("user", "product"))
+    for r in rows: check_row(out.loc[r["row"]], r, frames, SNAPSHOTS)
     # the snapshot each case must see, spelled out: user u000's first int64 feature is i*1000 + k*10 + j
     f = next(f for f in features_of("user", "state") if f.dtype == "int64")
     assert {(r["event_timestamp"], py(out.loc[r["row"], f.name])) for r in rows if r["user_id"] == "u000"} == \
@@ -341,7 +345,7 @@ def test_spark_default_int96_timestamps(tmp_path, redis_url):
     for n, u in enumerate(USERS[:5]):
         exp = expected(frames, "user", u, END, TTL["user"])
         assert {f.name: got[f.name][n] for f in features_of("user", "state")} == {f.name: exp[f.name] for f in features_of("user", "state")}
-    entity_df = pd.DataFrame({"user_id": USERS[:2], "product_id": PRODUCTS[:2], "session_id": SESSIONS[:2],
+    entity_df = pd.DataFrame({"user_id": USERS[:2], "anonymous_id": VISITORS[:2], "product_id": PRODUCTS[:2], "session_id": SESSIONS[:2],
                               "event_timestamp": pd.Timestamp(snap(1))})
     with pytest.raises(ValueError, match="no time zone.*TIMESTAMP_MICROS"):
         historical_features(store, entity_df)

@@ -13,7 +13,7 @@ from propensity.quality import (TABLES, DataQualityError, QualityReport, check_t
                                 write_partition)
 
 DAYS = [(date(2024, 3, 4) + timedelta(days=i)).isoformat() for i in range(21)]  # 3 weeks, Monday 2024-03-04 on
-PER_DAY = {"user_features": 800, "product_features": 300, "session_features": 600, "training_set": 1200}
+PER_DAY = {"user_features": 800, "visitor_features": 500, "product_features": 300, "session_features": 600, "training_set": 1200}
 MODEL = {f.name for f in model_features()}
 
 
@@ -185,7 +185,7 @@ def test_short_history_skips_psi_and_missing_tables_are_reported(tmp_path):
     assert not [r for r in rep.rows if r["check"] == "psi"]
     assert "less than two weeks of data (9 days of event_timestamp, 2024-03-05..2024-03-13); PSI skipped" in rep.summary()
     assert {r["table"]: r["status"] for r in rep.rows if r["check"] == "exists"} == \
-        {"user_features": "warn", "product_features": "warn", "training_set": "warn"}
+        {"user_features": "warn", "visitor_features": "warn", "product_features": "warn", "training_set": "warn"}
     strict = check_tables(root, required=["training_set"])
     with pytest.raises(DataQualityError, match=r"training_set: exists; not found: .*training/training_set"):
         strict.raise_for_failures()

@@ -59,9 +59,9 @@ def ids_sample(d: Path, n: int = 40) -> list[dict]:
     "Entity ids of recent scoring points: sessions, their users (some anonymous) and products, plus unknown ones."
     tr = read_table(d / "training" / "training_set").sort_values("event_timestamp").tail(3000)
     rows = tr.sample(n, random_state=1)
-    out = [{"user_id": u if isinstance(u, str) else None, "session_id": s, "product_id": p if isinstance(p, str) else None}
-           for u, s, p in zip(rows["user_id"], rows["session_id"], rows["product_id"])]
-    return out + [{"user_id": "nobody", "session_id": "never-seen", "product_id": "nothing"}]
+    out = [{"user_id": u if isinstance(u, str) else None, "anonymous_id": a, "session_id": s, "product_id": p if isinstance(p, str) else None}
+           for u, a, s, p in zip(rows["user_id"], rows["anonymous_id"], rows["session_id"], rows["product_id"])]
+    return out + [{"user_id": "nobody", "anonymous_id": "never-seen", "session_id": "never-seen", "product_id": "nothing"}]
 
 
 def test_reader_equals_feast_get_online_features(world):
@@ -83,7 +83,7 @@ def test_reader_equals_feast_get_online_features(world):
     assert all(0 < v < len(rows) for v in found.values()), found   # both present and missing entities were compared
     # filled: the spec's defaults for the unknown entities, and they are flagged
     feats, missing, _ = reader.fetch(r, rows[-1])
-    assert missing == ["user", "session", "product"] and feats["user_days_since_last_order"] == 999.0 and feats["sess_device"] == "unknown"
+    assert missing == ["user", "visitor", "session", "product"] and feats["user_days_since_last_order"] == 999.0 and feats["sess_device"] == "unknown"
 
 
 def test_in_process_score_equals_booster_predict_on_a_dataframe(world):
@@ -146,7 +146,7 @@ def service(world):
 
 
 def req(row, **kw):
-    return {k: v for k, v in {**row, "anonymous_id": "anon-1", **kw}.items() if v is not None}
+    return {k: v for k, v in {"anonymous_id": "anon-1", **row, **kw}.items() if v is not None}
 
 
 def test_score_returns_the_in_process_answer_with_band_action_and_contributions(world, service):
@@ -156,17 +156,17 @@ def test_score_returns_the_in_process_answer_with_band_action_and_contributions(
     r = redis_client(world["url"])
     for row in rows:
         a = service.client.post("/v1/score", json=req(row, at_ms=at)).json()
-        b = sc.score(r, {**row, "anonymous_id": "anon-1", "at_ms": at})
+        b = sc.score(r, {"anonymous_id": "anon-1", **row, "at_ms": at})
         assert a["probability"] == pytest.approx(b["probability"], abs=1e-12) and a["band"] == b["band"]
         assert a["model_version"] == "v0001" and a["degraded"] is False and a["action"] == b["action"]
     unknown = service.client.post("/v1/score", json=req(rows[-1], at_ms=at)).json()
-    assert unknown["missing"] == ["user", "session", "product"] and unknown["feature_age_s"] is None and not unknown["degraded"]
+    assert unknown["missing"] == ["user", "visitor", "session", "product"] and unknown["feature_age_s"] is None and not unknown["degraded"]
     e = service.client.post("/v1/score", json=req(rows[0], at_ms=at, explain=True)).json()
     assert len(e["contributions"]) == 6 and e["contributions"][-1]["feature"] == "_bias"
     # the request's own event is a request-time feature: it reaches the model as the backfill gives it
     for ev in ("add_to_cart", "cart_view"):
         a = service.client.post("/v1/score", json=req(rows[0], at_ms=at, event_type=ev)).json()
-        q = {**rows[0], "anonymous_id": "anon-1", "at_ms": at, "event_type": ev}
+        q = {"anonymous_id": "anon-1", **rows[0], "at_ms": at, "event_type": ev}
         assert a["probability"] == pytest.approx(sc.score(r, q)["probability"], abs=1e-12)
         assert sc.values(q, [r.hmget(*c) if c else None for c in sc.plan(q)])["sess_request_event"] == ev
     logit = np.log(e["raw_score"] / (1 - e["raw_score"]))
