@@ -84,5 +84,6 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/batch_features.py --quick
 	$(BIN)/python benchmarks/batch_read_plans.py --quick
 	$(BIN)/python benchmarks/training.py --quick
+	$(BIN)/python benchmarks/oracle_ceiling.py --quick
 	$(BIN)/python benchmarks/streaming.py --quick
 	$(BIN)/python benchmarks/serving.py --quick
