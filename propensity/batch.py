@@ -339,10 +339,12 @@ def product_snapshots(spark, events, tables: Path, days, cfg: BatchConfig, daily
              .withColumn("prod_cart_to_purchase_30d", smooth("prod_purchases_30d", "prod_carts_30d", "cat_prod_purchases_30d", "cat_prod_carts_30d", c)))
     return _finish(snap, "product")
 
-def visitor_snapshots(sessions, days, history_days: int = 90):
+def visitor_snapshots(sessions, days, history_days: int = 90, tail_days: int = 2):
     """Visitor features per (anonymous_id, as-of day) from the session summaries (`label_sessions`): the browser's
-    sessions, bots excluded, that ended in the `history_days` days before the as-of day began. Only a browser with
-    such a session has a row; for the others a row would hold the spec's defaults, which the joins fill in."""
+    sessions, bots excluded, that ended in the `history_days` days before the as-of day began. A browser has a row
+    while it has such a session and for `tail_days` days after its last one left the window (a row of defaults: no
+    sessions, 999 days), so a point-in-time join that takes the latest row within the view's TTL (Feast's; 2 days)
+    never finds an expired history; for any other browser the joins fill in the same defaults."""
     from pyspark.sql import functions as F
     steps = F.col("sess_page_views") + F.col("sess_searches") + F.col("sess_product_views")
     daily = (sessions.filter(~F.col("is_bot") & F.col("anonymous_id").isNotNull())
@@ -351,15 +353,17 @@ def visitor_snapshots(sessions, days, history_days: int = 90):
                   F.sum((F.col("sess_add_to_cart") > 0).cast("long")).alias("carts"),
                   F.sum(F.log1p(steps)).alias("lsteps"), F.max("event_timestamp").alias("last_ms")))
     d = F.broadcast(days.select("asof", "ts", "asof_date"))
-    n = F.col("n")
-    snap = (daily.join(d, (F.col("day") < F.col("asof")) & (F.col("day") >= F.col("asof") - history_days))
+    day, asof, n = F.col("day"), F.col("asof"), F.col("n")
+    within = lambda c, k=history_days: F.sum(F.when(day >= asof - k, F.col(c)).otherwise(0))
+    share = lambda c: F.when(n > 0, F.col(c) / n)  # null (the default, 0) without sessions in the window
+    snap = (daily.join(d, (day < asof) & (day >= asof - history_days - tail_days))
             .groupBy("anonymous_id", "asof", "ts", "asof_date").agg(
-                F.sum("n").alias("n"), F.sum(F.when(F.col("day") >= F.col("asof") - 7, n).otherwise(0)).alias("n7"),
-                F.sum("buys").alias("buys"), F.sum("carts").alias("carts"), F.sum("lsteps").alias("lsteps"),
-                F.max("last_ms").alias("last_ms"))
+                within("n").alias("n"), within("n", 7).alias("n7"), within("buys").alias("buys"),
+                within("carts").alias("carts"), within("lsteps").alias("lsteps"),
+                F.max(F.when(day >= asof - history_days, F.col("last_ms"))).alias("last_ms"))
             .select("anonymous_id", "ts", "asof_date", n.alias("visitor_sessions_90d"), F.col("n7").alias("visitor_sessions_7d"),
-                    F.col("buys").alias("visitor_purchase_sessions_90d"), (F.col("buys") / n).alias("visitor_purchase_rate_90d"),
-                    (F.col("carts") / n).alias("visitor_cart_rate_90d"), (F.col("lsteps") / n).alias("visitor_mean_log_steps_90d"),
+                    F.col("buys").alias("visitor_purchase_sessions_90d"), share("buys").alias("visitor_purchase_rate_90d"),
+                    share("carts").alias("visitor_cart_rate_90d"), share("lsteps").alias("visitor_mean_log_steps_90d"),
                     ((F.col("ts") - F.col("last_ms")) / DAY_MS).alias("visitor_days_since_last_session")))
     return _finish(snap, "visitor")
 

@@ -124,6 +124,37 @@ def test_visitor_features_are_point_in_time(world):
     assert (n > 0).sum() > 1000 and (tr.groupby("anonymous_id").visitor_sessions_90d.nunique() > 1).sum() > 100
 
 
+def test_visitor_history_expires_into_rows_of_defaults_for_the_ttl(spark):
+    """A browser's only session leaves the 90-day window: for the view's TTL after that its snapshots hold the
+    defaults (so a join that takes the latest row within the TTL finds no stale history), then it has no row."""
+    import inspect
+    from datetime import timedelta
+    from propensity.batch import _days_frame, visitor_snapshots
+    from propensity.feast_repo import TTLS
+    tail = inspect.signature(visitor_snapshots).parameters["tail_days"].default
+    assert TTLS["visitor"] == timedelta(days=tail)
+    d0 = 19_800  # a day number (days since 1970-01-01)
+    cols = "anonymous_id string, event_timestamp long, is_bot boolean, label_in_session boolean, sess_add_to_cart long, " \
+           "sess_page_views long, sess_searches long, sess_product_views long"
+    sessions = spark.createDataFrame([("a1", d0 * DAY + 3_600_000, False, True, 1, 2, 0, 3),      # day 0, bought
+                                      ("a1", (d0 + 5) * DAY + 60_000, False, False, 0, 0, 0, 0),  # day 5, a bounce
+                                      ("a2", d0 * DAY + 60_000, True, False, 0, 50, 0, 30)], cols)  # a bot
+    snap = visitor_snapshots(sessions, _days_frame(spark, list(range(d0, d0 + 100)))).toPandas()
+    snap["asof"] = (pd.to_datetime(snap.dt) - pd.Timestamp("1970-01-01")).dt.days - d0   # dt: the as-of day
+    assert set(snap.anonymous_id) == {"a1"}                                                  # bots are left out
+    by = snap.set_index("asof").sort_index()
+    assert list(by.index) == list(range(1, 96 + tail))       # from the day after the first session to the tail's end
+    assert by.loc[1, ["visitor_sessions_90d", "visitor_sessions_7d", "visitor_purchase_sessions_90d"]].tolist() == [1, 1, 1]
+    assert by.loc[6, "visitor_sessions_90d"] == 2 and by.loc[6, "visitor_purchase_rate_90d"] == 0.5
+    assert by.loc[6, "visitor_mean_log_steps_90d"] == pytest.approx(np.log1p(5) / 2)
+    assert by.loc[6, "visitor_days_since_last_session"] == pytest.approx(1 - 1 / 1440)
+    assert by.loc[13, "visitor_sessions_7d"] == 0 and by.loc[12, "visitor_sessions_7d"] == 1    # 7 days after day 5
+    assert by.loc[90, "visitor_sessions_90d"] == 2 and by.loc[91, "visitor_sessions_90d"] == 1   # day 0 left the window
+    last = by.loc[96:]                                       # day 5 left it too: rows of defaults for the TTL
+    assert (last.visitor_sessions_90d == 0).all() and (last.visitor_days_since_last_session == 999.0).all()
+    assert (last.visitor_purchase_rate_90d == 0).all() and (last.visitor_mean_log_steps_90d == 0).all()
+
+
 def test_product_window_counts_recomputed(world):
     out, _ = world
     snap = _read(out / "offline" / "product_features")
