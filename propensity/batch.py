@@ -239,14 +239,15 @@ def label_sessions(sessions, cfg: BatchConfig):
     s = sessions.withColumn("person", F.coalesce("user_id", "anonymous_id"))
     s = s.withColumn("label_in_session", F.col("n_purchases") > 0)
     if cfg.grace_minutes > 0:
-        buys = (s.filter("label_in_session").select(F.col("person").alias("b_person"),
-                                                    F.col("first_purchase_ms").alias("b_time")))
         g = cfg.grace_minutes * 60_000
-        later = (s.select("session_id", "person", "event_timestamp").join(
-                    F.broadcast(buys), (F.col("person") == F.col("b_person")) & (F.col("b_time") > F.col("event_timestamp"))
-                    & (F.col("b_time") <= F.col("event_timestamp") + F.lit(g)))
-                 .select("session_id").distinct().withColumn("label_grace", F.lit(True)))
-        s = s.join(later, "session_id", "left").withColumn("label", F.col("label_in_session") | F.coalesce("label_grace", F.lit(False))).drop("label_grace")
+        buys = s.filter("label_in_session").select("user_id", "anonymous_id", F.col("first_purchase_ms").alias("b_time"))
+        ends = s.select("session_id", "user_id", "anonymous_id", "event_timestamp")
+        def later(key):  # sessions followed within the window by a purchase with the same `key` (two equi-joins, not an OR)
+            b = buys.filter(F.col(key).isNotNull()).select(F.col(key).alias("b_key"), "b_time")
+            return (ends.join(F.broadcast(b), (F.col(key) == F.col("b_key")) & (F.col("b_time") > F.col("event_timestamp"))
+                              & (F.col("b_time") <= F.col("event_timestamp") + F.lit(g))).select("session_id"))
+        grace = later("user_id").union(later("anonymous_id")).distinct().withColumn("label_grace", F.lit(True))
+        s = s.join(grace, "session_id", "left").withColumn("label", F.col("label_in_session") | F.coalesce("label_grace", F.lit(False))).drop("label_grace")
     else:
         s = s.withColumn("label", F.col("label_in_session"))
     return s.withColumn("eligible", ~F.col("is_bot") & ~F.col("single_heartbeat") & ~F.col("no_product"))

@@ -124,6 +124,28 @@ def test_visitor_features_are_point_in_time(world):
     assert (n > 0).sum() > 1000 and (tr.groupby("anonymous_id").visitor_sessions_90d.nunique() > 1).sum() > 100
 
 
+def test_grace_window_labels_a_session_followed_by_the_same_shoppers_purchase(spark):
+    """With a grace window, a session without a purchase is labelled when the same shopper buys within the window after
+    it ends: the same user, or the same browser (an anonymous visit, then a purchase logged in on that device)."""
+    from propensity.batch import label_sessions
+    M = 60_000
+    cols = "session_id string, user_id string, anonymous_id string, event_timestamp long, n_purchases long, " \
+           "first_purchase_ms long, is_bot boolean, single_heartbeat boolean, no_product boolean"
+    row = lambda sid, uid, anon, end, buy=None: (sid, uid, anon, end, int(buy is not None), buy, False, False, False)
+    sessions = spark.createDataFrame([
+        row("u-browse", "u1", "a1", 0), row("u-buy", "u1", "a9", 40 * M, 50 * M),          # same user, other device, +50 min
+        row("a-browse", None, "a2", 0), row("a-buy", "u2", "a2", 15 * M, 20 * M),         # anonymous, then logged in, +20 min
+        row("late", None, "a3", 0), row("late-buy", None, "a3", 100 * M, 110 * M),        # +110 min: outside the window
+        row("other", None, "a4", 0), row("other-buy", None, "a5", 5 * M, 10 * M),         # someone else's purchase
+        row("before", None, "a6", 30 * M), row("before-buy", None, "a6", 20 * M, 20 * M),  # a purchase before it ended
+    ], cols)
+    for grace, labelled in [(60, {"u-browse", "a-browse"}), (0, set()), (15, set())]:
+        got = label_sessions(sessions, BatchConfig(grace_minutes=grace)).toPandas().set_index("session_id")
+        buyers = {s for s in got.index if s.endswith("-buy")}
+        assert set(got.index[got.label]) == buyers | labelled, grace
+        assert got.eligible.all() and got.loc["a-buy", "person"] == "u2" and got.loc["a-browse", "person"] == "a2"
+
+
 def test_visitor_history_expires_into_rows_of_defaults_for_the_ttl(spark):
     """A browser's only session leaves the 90-day window: for the view's TTL after that its snapshots hold the
     defaults (so a join that takes the latest row within the TTL finds no stale history), then it has no row."""
