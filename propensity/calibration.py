@@ -104,13 +104,23 @@ class PlattCalibrator:
 
 # %% ../nbs/11_calibration.ipynb #5c869b73
 class IsotonicCalibrator:
-    "Monotone (isotonic) calibration of the raw score, linear between thresholds, clipped outside them."
+    "Centered isotonic calibration of the raw score: linear between the centers of the isotonic blocks, clipped outside them."
     kind = "isotonic"
 
     def fit(self, scores, y, sample_weight=None) -> IsotonicCalibrator:
         y, s, w = _inputs(y, scores, sample_weight)
+        w = np.ones(len(s)) if w is None else np.asarray(w, dtype=float)
         ir = IsotonicRegression(y_min=0.0, y_max=1.0, increasing=True, out_of_bounds="clip").fit(s, y, sample_weight=w)
-        return self._set(ir.X_thresholds_, ir.y_thresholds_)
+        o = np.argsort(s, kind="stable"); ss, ww, level = s[o], w[o], ir.predict(s[o])
+        starts = np.r_[0, np.flatnonzero(np.diff(level) != 0) + 1]     # one block per fitted level (ties share one)
+        sw = np.add.reduceat(ww, starts)
+        cx = np.add.reduceat(ss * ww, starts) / np.where(sw > 0, sw, 1.0)
+        cx = np.where(sw > 0, cx, np.add.reduceat(ss, starts) / np.diff(np.r_[starts, len(ss)]))  # all-zero weights: plain mean
+        cy = level[starts]
+        x, p = [cx], [cy]
+        if ss[0] < cx[0]: x.insert(0, ss[:1]); p.insert(0, cy[:1])     # the fitted range's ends, at the end levels
+        if ss[-1] > cx[-1]: x.append(ss[-1:]); p.append(cy[-1:])
+        return self._set(np.concatenate(x), np.concatenate(p))
 
     def _set(self, x, p) -> IsotonicCalibrator:
         self.x_, self.y_ = np.asarray(x, dtype=float), np.asarray(p, dtype=float)

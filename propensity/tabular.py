@@ -26,8 +26,8 @@ from .train import Encoder, TrainConfig, fit_booster, search
 
 # %% auto #0
 __all__ = ['MIN_CLASS_ROWS', 'SPLIT', 'ISOTONIC_MIN_ROWS', 'MODEL_FILES', 'table_format', 'read_any', 'write_any', 'parse_label',
-           'check_classes', 'column_roles', 'model_names', 'model_frame', 'split_rows', 'train_table', 'TableModel',
-           'load_table_model', 'predict_table', 'synthetic_sessions']
+           'check_classes', 'column_roles', 'model_names', 'model_frame', 'split_rows', 'keep_platt_when_few_rows',
+           'train_table', 'TableModel', 'load_table_model', 'predict_table', 'synthetic_sessions']
 
 # %% ../nbs/15_tabular.ipynb #d98d39fa
 _CSV = (".csv", ".csv.gz", ".csv.bz2", ".csv.xz", ".csv.zip")
@@ -181,6 +181,13 @@ def _write_json(path: Path, obj) -> None:
 
 ISOTONIC_MIN_ROWS = 1000
 
+def keep_platt_when_few_rows(calibrator, table: pd.DataFrame, scores, y) -> tuple:
+    """(calibrator, table, warnings): Platt refitted on (`scores`, `y`) in place of an isotonic `calibrator` that would
+    be fitted on fewer than `ISOTONIC_MIN_ROWS` rows (the choice table marks Platt), else everything unchanged."""
+    if calibrator.kind != "isotonic" or len(y) >= ISOTONIC_MIN_ROWS: return calibrator, table, []
+    return (PlattCalibrator().fit(scores, y), table.assign(chosen=table.index == "platt"),
+            [f"isotonic had the lower calibration-slice ECE but would be fitted on only {len(y)} rows (< {ISOTONIC_MIN_ROWS}); Platt kept"])
+
 MODEL_FILES = ("model.txt", "encoder.json", "calibration.json", "metrics.json", "manifest.json")
 
 def _say(msg: str): print(f"[train-table] {msg}", flush=True)
@@ -221,12 +228,7 @@ def train_table(data: str | Path, label: str, out: str | Path, *, trials: int = 
     booster = fit_booster(best, X["train"], Y["train"], w, X["validation"], Y["validation"], cfg)
     raw = {k: booster.predict(X[k]) for k in ("validation", "calibration")}
     calibrator, table = choose_calibrator(raw["validation"], Y["validation"], raw["calibration"], Y["calibration"])
-    warnings = []
-    if calibrator.kind == "isotonic" and len(Y["validation"]) < ISOTONIC_MIN_ROWS:
-        calibrator = PlattCalibrator().fit(raw["validation"], Y["validation"])
-        table["chosen"] = table.index == "platt"
-        warnings.append(f"isotonic had the lower calibration-slice ECE but would be fitted on only {len(Y['validation'])} "
-                        f"rows (< {ISOTONIC_MIN_ROWS}); Platt kept")
+    calibrator, table, warnings = keep_platt_when_few_rows(calibrator, table, raw["validation"], Y["validation"])
     rv, yv = raw["validation"], Y["validation"]
     if rv[yv == 1].min() > rv[yv == 0].max():
         warnings.append("the validation slice is perfectly separated by the raw scores: the calibrator has no overlap to "
