@@ -109,14 +109,12 @@ class IsotonicCalibrator:
 
     def fit(self, scores, y, sample_weight=None) -> IsotonicCalibrator:
         y, s, w = _inputs(y, scores, sample_weight)
-        w = np.ones(len(s)) if w is None else np.asarray(w, dtype=float)
+        keep = w > 0                                                    # a row of weight 0 neither moves nor centers a block
+        y, s, w = y[keep], s[keep], w[keep]
         ir = IsotonicRegression(y_min=0.0, y_max=1.0, increasing=True, out_of_bounds="clip").fit(s, y, sample_weight=w)
         o = np.argsort(s, kind="stable"); ss, ww, level = s[o], w[o], ir.predict(s[o])
         starts = np.r_[0, np.flatnonzero(np.diff(level) != 0) + 1]     # one block per fitted level (ties share one)
-        sw = np.add.reduceat(ww, starts)
-        cx = np.add.reduceat(ss * ww, starts) / np.where(sw > 0, sw, 1.0)
-        cx = np.where(sw > 0, cx, np.add.reduceat(ss, starts) / np.diff(np.r_[starts, len(ss)]))  # all-zero weights: plain mean
-        cy = level[starts]
+        cx, cy = np.add.reduceat(ss * ww, starts) / np.add.reduceat(ww, starts), level[starts]
         x, p = [cx], [cy]
         if ss[0] < cx[0]: x.insert(0, ss[:1]); p.insert(0, cy[:1])     # the fitted range's ends, at the end levels
         if ss[-1] > cx[-1]: x.append(ss[-1:]); p.append(cy[-1:])

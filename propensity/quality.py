@@ -43,12 +43,11 @@ class TableSpec:
     unique: tuple[str, ...] = ()                 # columns that together identify a row
     keys: tuple[str, ...] = ()                   # columns shown to locate a failing row
     snapshot: bool = False                       # daily snapshot: event_timestamp is 00:00 UTC (of dt or the day after)
-    optional: tuple[tuple[str, str, bool], ...] = ()  # known columns that may be absent
 
     @property
     def dtypes(self) -> dict[str, str]:
         "Spec dtype of every column (int64, float64, string, bool, timestamp)."
-        return {**{c: d for c, d, _ in self.columns + self.optional}, **{f.name: f.dtype for f in self.features}}
+        return {**{c: d for c, d, _ in self.columns}, **{f.name: f.dtype for f in self.features}}
 
 def _entity_table(entity: str) -> TableSpec:
     key = ENTITIES[entity]
@@ -64,11 +63,10 @@ TABLES: dict[str, TableSpec] = {t.name: t for t in (
               tuple(features_of("session", "state")), True, keys=(ENTITIES["session"], TS)),
     TableSpec("training_set", "training/training_set",
               (("point_id", "string", False), (ENTITIES["session"], "string", False), (ENTITIES["user"], "string", True),
-               (ENTITIES["product"], "string", True), (TS, "timestamp", False), ("trigger", "string", False),
+               (ENTITIES["visitor"], "string", True), (ENTITIES["product"], "string", True), (TS, "timestamp", False), ("trigger", "string", False),
                ("label", "bool", False), ("device", "string", True), ("country", "string", True),
                ("traffic_source", "string", True)),
-              tuple(model_features()), False, unique=("point_id",), keys=("point_id",),
-              optional=(("anonymous_id", "string", True),)),
+              tuple(model_features()), False, unique=("point_id",), keys=("point_id",)),
 )}
 
 # %% ../nbs/08_quality.ipynb #fb5b45b4
@@ -127,7 +125,6 @@ def table_schema(name: str) -> pa.DataFrameSchema:
     "The pandera schema of table `name` (a key of `TABLES`), derived from the feature spec."
     t = TABLES[name]
     cols = {c: pa.Column(PANDAS_DTYPES[d], _column_checks(d), nullable=n, required=True) for c, d, n in t.columns}
-    cols |= {c: pa.Column(PANDAS_DTYPES[d], _column_checks(d), nullable=n, required=False) for c, d, n in t.optional}
     for f in t.features:
         cols[f.name] = pa.Column(PANDAS_DTYPES[f.dtype], _column_checks(f.dtype, f), nullable=t.features_nullable)
     checks = [pa.Check(_snapshot_time, name="snapshot_time", error="snapshot_time: 00:00 UTC of dt or dt + 1 day")] if t.snapshot else []
@@ -204,7 +201,6 @@ def synthetic_frame(name: str, n: int, day: str, *, seed: int = 0) -> pd.DataFra
         df[f.name] = _draw(f, n, rng, ts)
     if name == "training_set":  # unknown user / product: the spec default, as the training-set builder fills them
         for entity in ("user", "visitor", "product"):
-            if ENTITIES[entity] not in df: continue
             miss = df[ENTITIES[entity]].isna()
             for f in features_of(entity): df.loc[miss, f.name] = f.default
     return df
@@ -345,7 +341,7 @@ DRIFT_FEATURES = frozenset(f.name for f in model_features())
 def null_rows(name: str, df: pd.DataFrame, *, null_warn: float = 0.01) -> list[dict]:
     "Share of nulls per column of the spec; above `null_warn` warns, except in columns that are nullable by design (ids, segments)."
     t, rows = TABLES[name], []
-    by_design = {c for c, _, n in t.columns + t.optional if n}
+    by_design = {c for c, _, n in t.columns if n}
     for c in t.dtypes:
         if c not in df: continue
         share = float(df[c].isna().mean()) if len(df) else 0.0

@@ -138,7 +138,7 @@ def online(store, rows):
 
 
 def samples():
-    "Entity rows that combine sampled users, products and sessions (some sessions older than the TTL)."
+    "Entity rows that combine sampled users, browsers, products and sessions (some sessions older than the TTL)."
     return [{"user_id": USERS[i % len(USERS)], "anonymous_id": VISITORS[(5 * i) % len(VISITORS)], "product_id": PRODUCTS[(3 * i) % len(PRODUCTS)],
              "session_id": SESSIONS[(7 * i) % len(SESSIONS)]} for i in range(0, 40, 3)]
 

@@ -146,7 +146,7 @@ def service(world):
 
 
 def req(row, **kw):
-    return {k: v for k, v in {"anonymous_id": "anon-1", **row, **kw}.items() if v is not None}
+    return {k: v for k, v in {**row, **kw}.items() if v is not None}  # ids_sample's rows carry their browser
 
 
 def test_score_returns_the_in_process_answer_with_band_action_and_contributions(world, service):
@@ -156,7 +156,7 @@ def test_score_returns_the_in_process_answer_with_band_action_and_contributions(
     r = redis_client(world["url"])
     for row in rows:
         a = service.client.post("/v1/score", json=req(row, at_ms=at)).json()
-        b = sc.score(r, {"anonymous_id": "anon-1", **row, "at_ms": at})
+        b = sc.score(r, {**row, "at_ms": at})
         assert a["probability"] == pytest.approx(b["probability"], abs=1e-12) and a["band"] == b["band"]
         assert a["model_version"] == "v0001" and a["degraded"] is False and a["action"] == b["action"]
     unknown = service.client.post("/v1/score", json=req(rows[-1], at_ms=at)).json()
@@ -166,7 +166,7 @@ def test_score_returns_the_in_process_answer_with_band_action_and_contributions(
     # the request's own event is a request-time feature: it reaches the model as the backfill gives it
     for ev in ("add_to_cart", "cart_view"):
         a = service.client.post("/v1/score", json=req(rows[0], at_ms=at, event_type=ev)).json()
-        q = {"anonymous_id": "anon-1", **rows[0], "at_ms": at, "event_type": ev}
+        q = {**rows[0], "at_ms": at, "event_type": ev}
         assert a["probability"] == pytest.approx(sc.score(r, q)["probability"], abs=1e-12)
         assert sc.values(q, [r.hmget(*c) if c else None for c in sc.plan(q)])["sess_request_event"] == ev
     logit = np.log(e["raw_score"] / (1 - e["raw_score"]))
