@@ -9,13 +9,17 @@ against the budget the target leaves: cores x (events / 100,000) core-seconds. E
     python benchmarks/batch_features.py                 # 7 days of the seed profile (long: simulation + job)
     python benchmarks/batch_features.py --quick         # 2 days of the small profile (under a minute of job time)
     python benchmarks/batch_features.py --profile seed --days 1
+    python benchmarks/batch_features.py --data DIR      # a world simulated before (its offline/ and training/ are rewritten)
+    python benchmarks/batch_features.py --data DIR --conf spark.sql.codegen.hugeMethodLimit=8000   # a Spark setting to try
 """
 import argparse
+import contextlib
 import json
 import sys
 import tempfile
 import threading
 import time
+from pathlib import Path
 
 from _proc import CpuLedger  # benchmarks/_proc.py (the script's folder is on sys.path)
 
@@ -69,15 +73,24 @@ def main():
     ap.add_argument("--profile", default=None, choices=["small", "seed"])
     ap.add_argument("--days", type=int, default=None)
     ap.add_argument("--master", default="local[2]")
+    ap.add_argument("--data", help="a world simulated before (world.json and its landing zone); nothing is simulated")
+    ap.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE", help="a Spark setting (repeatable)")
     a = ap.parse_args()
-    profile = a.profile or ("small" if a.quick else "seed")
-    days = a.days or (2 if a.quick else 7)
-    with tempfile.TemporaryDirectory() as d:
-        print(f"simulating {days} day(s) of the {profile} profile (not timed) ...", flush=True)
-        w = simulate(profile, days, 42, d, progress=sys.stderr.isatty())
+    conf = dict(c.split("=", 1) for c in a.conf)
+    with contextlib.ExitStack() as stack:
+        if a.data:
+            d = a.data
+            w = json.loads((Path(d) / "world.json").read_text())
+            profile, days = w["profile"], w["days"]
+        else:
+            profile = a.profile or ("small" if a.quick else "seed")
+            days = a.days or (2 if a.quick else 7)
+            d = stack.enter_context(tempfile.TemporaryDirectory())
+            print(f"simulating {days} day(s) of the {profile} profile (not timed) ...", flush=True)
+            w = simulate(profile, days, 42, d, progress=sys.stderr.isatty())
         settings = Settings.from_env({"SPARK_MASTER": a.master, "PROPENSITY_DATA": d})
         t = time.perf_counter()
-        spark = spark_session(settings, "benchmark-batch")
+        spark = spark_session(settings, "benchmark-batch", **conf)
         start_s = time.perf_counter() - t
         sampler = CpuSampler(); sampler.start()
         t_run = time.perf_counter()
@@ -91,7 +104,8 @@ def main():
     print(f"{'Spark session start (not in the job total)':<55} {start_s:>9.1f}")
     for k, v in s["stage_seconds"].items():
         c = cpu.get(k, {})
-        print(f"{k:<55} {v:>9.1f} {s['events'] / v if v else float('inf'):>12,.0f} {c.get('jvm', float('nan')):>10.1f} "
+        rate_k = f"{s['events'] / v:>12,.0f}" if v >= 0.05 else f"{'-':>12}"  # a stage of no measurable time has no rate
+        print(f"{k:<55} {v:>9.1f} {rate_k} {c.get('jvm', float('nan')):>10.1f} "
               f"{c.get('python', float('nan')):>13.1f}")
     total_cpu = {k: round(sum(c[k] for c in cpu.values()), 1) for k in ("jvm", "python")} if cpu else {}
     print(f"{'end to end (raw landing zone -> training set)':<55} {s['seconds']:>9.1f} {rate:>12,.0f} "
@@ -103,10 +117,10 @@ def main():
                  f"{cores * s['events'] / TARGET_EVENTS_PER_S:,.0f} core-seconds = {cores / TARGET_EVENTS_PER_S * 1e6:.0f} us per event"
                  if cores else ""))
     print(f"\n{w['landing_records']:,} landing records, {s['events']:,} events, {s['sessions']:,} sessions, "
-          f"{s['training_rows']:,} training rows on {a.master}")
+          f"{s['training_rows']:,} training rows on {a.master}" + (f"; Spark settings {conf}" if conf else ""))
     met = rate >= TARGET_EVENTS_PER_S
     print(f"{'MET' if met else 'NOT MET'}: {rate:,.0f} events/s end to end (target {TARGET_EVENTS_PER_S:,})")
-    print("RESULT " + json.dumps(dict(benchmark="batch_features", profile=profile, days=days, master=a.master,
+    print("RESULT " + json.dumps(dict(benchmark="batch_features", profile=profile, days=days, master=a.master, conf=conf,
                                       landing_records=w["landing_records"], events=s["events"], seconds=s["seconds"],
                                       events_per_s=round(rate), target_events_per_s=TARGET_EVENTS_PER_S,
                                       stage_seconds=s["stage_seconds"], stage_cpu_seconds=cpu, cpu_seconds=total_cpu, training_rows=s["training_rows"], met=met)))

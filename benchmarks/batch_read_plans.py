@@ -1,15 +1,17 @@
-"""Two plans for the batch job's first steps, side by side: raw JSON lines -> validated events -> shuffled and sorted by
+"""Plans for the batch job's first steps, side by side: raw JSON lines -> validated events -> shuffled and sorted by
 session (what the session fold reads). No Python fold runs here: the figures are the JVM's.
 
-  cached (the job's plan today): parse and validate every line into a cached frame (the rejected lines are found from
-         it), then shuffle the cached valid events by session and sort them.
-  fused (the candidate):         parse, validate and shuffle in one pass, with nothing cached; the rejected lines would
-         then be found by the fold's pass. Its generated code is larger than HotSpot compiles by default, so it runs with
-         -XX:-DontCompileHugeMethods (and once without it, for comparison).
+  cached (the job's plan until 2026-11-28): parse and validate every line into a cached frame (the rejected lines are
+         found from it), then shuffle the cached valid events by session and sort them.
+  job    (the job's plan now, `pass_input`): parse, certify and shuffle every line in one pass, nothing cached; the
+         lines the JVM cannot certify travel with their session (raw line and file) and the fold's pass settles them.
+  filter (a first form of the fused plan): like `job`, but keeps only the certified lines with a filter on the
+         certification. Its generated code is larger than HotSpot compiles by default, so it runs with
+         -XX:-DontCompileHugeMethods too, for comparison (`job` projects the certification as a column and does not
+         need the flag).
 
-Neither plan runs the contract's Python validator on the lines the fast path cannot certify (0.1% of a simulated
-landing zone; the job does, in both plans), and the fused plan does not carry them through its shuffle: what is
-compared is the JVM's parsing, validation, caching and shuffling of the events.
+No plan runs the contract's Python validator on the lines the fast path cannot certify (0.1% of a simulated landing
+zone; the job does): what is compared is the JVM's parsing, validation, caching and shuffling of the events.
 
 Each plan runs in its own Spark session (local[2] by default) and writes to Spark's no-op sink; wall time and the JVM's CPU
 (from /proc) are printed. Ends with one line `RESULT {json}`.
@@ -28,13 +30,14 @@ import time
 from _proc import CpuLedger  # benchmarks/_proc.py (the script's folder is on sys.path)
 
 HUGE = "-XX:-DontCompileHugeMethods"
-PLANS = (("cached", ""), ("fused", HUGE), ("fused", ""))
+PLANS = (("cached", ""), ("job", ""), ("filter", ""), ("filter", HUGE))
 
 
 def run_plan(data: str, plan: str, java_opts: str, master: str) -> dict:
     "Run one plan in this process (call it in a fresh process: the JVM options apply at start)."
     from pyspark.sql import functions as F
-    from propensity.batch import _PASS_INPUT, spark_session
+    from pathlib import Path
+    from propensity.batch import _PASS_INPUT, pass_input, spark_session
     from propensity.config import Settings
     from propensity.contracts import EVENT, spark_fast_path
     conf = {"spark.driver.extraJavaOptions": java_opts} if java_opts else {}
@@ -44,17 +47,17 @@ def run_plan(data: str, plan: str, java_opts: str, master: str) -> dict:
            .withColumn("source", F.input_file_name()))
     lines = raw.count()  # lists the files and warms the JVM up; not timed
     cols = list(_PASS_INPUT)
-    def shuffle(df):
-        (df.select(*cols).repartition(8, "session_id").sortWithinPartitions("session_id", "event_time", "event_id")
+    def shuffle(df, extra=()):
+        (df.select(*cols, *extra).repartition(8, "session_id").sortWithinPartitions("session_id", "event_time", "event_id")
            .write.format("noop").mode("overwrite").save())
     c0, t0 = ledger.read(), time.perf_counter()
-    fast, slow, parsed = spark_fast_path(EVENT, raw, keep=cols, slow_only=["source"], persist=plan == "cached")
-    if plan == "cached":
-        rejected_candidates = slow.count()  # the job's read stage: builds the cache
-        shuffle(fast)
+    rejected_candidates = None  # the fold's pass finds them (job), or nothing does (filter)
+    if plan == "job":
+        shuffle(pass_input(spark, Path(data), cols)[0], ("_ok", "_line", "_source"))
     else:
+        fast, slow, parsed = spark_fast_path(EVENT, raw, keep=cols, slow_only=["source"], persist=plan == "cached")
+        if plan == "cached": rejected_candidates = slow.count()  # the old read stage: builds the cache
         shuffle(fast)
-        rejected_candidates = None  # the fold's pass would find them
     wall, c1 = time.perf_counter() - t0, ledger.read()
     spark.stop()
     return dict(plan=plan, java_opts=java_opts, lines=lines, seconds=round(wall, 1), jvm_cpu_seconds=round(c1["jvm"] - c0["jvm"], 1),
@@ -93,7 +96,7 @@ def main():
         name = f"{r['plan']} {r['java_opts'] or '(default JVM options)'}"
         print(f"{name:<42} {r['seconds']:>9.1f} {r['lines'] / r['seconds']:>11,.0f} {r['jvm_cpu_seconds']:>10.1f} "
               f"{r['seconds'] / base['seconds']:>9.2f}x")
-    print(f"\n{base['lines']:,} landing lines on {a.master}; cached = the batch job's plan today (baseline)")
+    print(f"\n{base['lines']:,} landing lines on {a.master}; cached = the batch job's plan before (baseline), job = its plan now")
     print("RESULT " + json.dumps(dict(benchmark="batch_read_plans", master=a.master, lines=base["lines"], plans=results)))
 
 

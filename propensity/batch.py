@@ -19,14 +19,14 @@ import numpy as np
 import pandas as pd
 
 from .config import Settings
-from .contracts import EVENT, parse_json_lines, spark_fast_path
+from .contracts import EVENT, parse_json_lines, spark_certify, spark_fast_path
 from .features import (ENTITIES, FEATURES, Eligibility, ScoringPolicy, SessionState, at_time, features_of, fold_session,
                                  model_features)
 
 # %% auto #0
-__all__ = ['SPARK_DEFAULTS', 'DAY_MS', 'TRAINING_KEYS', 'SEGMENT_COLUMNS', 'spark_session', 'BatchConfig', 'read_events',
-           'pass_schema', 'fold_sessions', 'label_sessions', 'user_snapshots', 'product_daily', 'product_snapshots',
-           'visitor_snapshots', 'training_set', 'run_batch']
+__all__ = ['SPARK_DEFAULTS', 'DAY_MS', 'TRAINING_KEYS', 'SEGMENT_COLUMNS', 'spark_session', 'BatchConfig', 'check_lines',
+           'read_events', 'pass_input', 'pass_schema', 'fold_sessions', 'settle_lines', 'label_sessions',
+           'user_snapshots', 'product_daily', 'product_snapshots', 'visitor_snapshots', 'training_set', 'run_batch']
 
 # %% ../nbs/06_batch.ipynb #b01bc6d4
 SPARK_DEFAULTS = {
@@ -69,22 +69,46 @@ class BatchConfig:
 # %% ../nbs/06_batch.ipynb #9ef55791
 _EXTRA = [("_record", "string"), ("_reason", "string"), ("_source", "string")]
 
+def check_lines(lines: list, files: list, routed: list | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The contract's verdict on raw JSON lines, read from `files` (one per line): (valid events, the contract's
+    columns with `quantity` as float; rejected rows: record, reason, source = the file). With `routed` (the session id
+    Spark's JSON parser read from each line, by which the line was sent to its session's partition), a valid line
+    whose session id is not that one is rejected too: its session's other events are elsewhere."""
+    recs, labels, bad = parse_json_lines(lines, "")
+    line_of = lambda label: int(label.rsplit(":", 1)[1]) - 1  # parse_json_lines labels lines ":1", ":2", ...
+    rej = [bad.assign(source=[files[line_of(x)] for x in bad["source"]])] if len(bad) else []
+    if not recs: return EVENT.empty().assign(quantity=pd.Series(dtype="float64")), _concat_rejected(rej)
+    v = EVENT.validate(recs, source=labels)
+    valid = v.valid.assign(quantity=v.valid["quantity"].astype("float64"))  # quantity crosses to Arrow as float
+    if len(v.rejected): rej.append(v.rejected.assign(source=[files[line_of(x)] for x in v.rejected["source"]]))
+    if routed is not None and len(valid):
+        gone = set(v.rejected["source"])
+        at = [line_of(x) for x in labels if x not in gone]  # the line of each valid row
+        read = np.array([routed[i] for i in at], dtype=object)
+        off = valid["session_id"].to_numpy(dtype=object) != read
+        if off.any():
+            rej.append(pd.DataFrame({
+                "record": [str(lines[i]).rstrip("\r\n") for i, o in zip(at, off) if o],
+                "reason": [f"session_id={sid!r}: Spark's JSON parser read {r!r} from this line, so it cannot reach its "
+                           "session; expected strict JSON that both parsers read alike"
+                           for sid, r in zip(valid["session_id"][off], read[off])],
+                "source": [files[i] for i, o in zip(at, off) if o]}))
+            valid = valid[~off].reset_index(drop=True)
+    return valid, _concat_rejected(rej)
+
+def _concat_rejected(parts: list) -> pd.DataFrame:
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["record", "reason", "source"])
+
 def _validate_batches(it):
     "mapInPandas: raw lines (value, source) -> contract columns + _record/_reason/_source."
     cols = EVENT.columns
     for pdf in it:
-        lines, files = pdf["value"].tolist(), pdf["source"].tolist()
-        recs, srcs, bad = parse_json_lines(lines, "")
-        src = [files[int(x.rsplit(":", 1)[1]) - 1] for x in srcs]
-        v = EVENT.validate(recs, source=src) if recs else None
-        if v is not None and len(v.valid):  # quantity crosses to Arrow as float (nullable); cast back in Spark
-            yield v.valid.assign(quantity=v.valid["quantity"].astype("float64"), _record=None, _reason=None, _source=None)
-        rej = [bad.assign(source=[files[int(x.rsplit(":", 1)[1]) - 1] for x in bad["source"]])] if len(bad) else []
-        if v is not None and len(v.rejected): rej.append(v.rejected)
-        for r in rej:  # one Arrow batch per part: no concatenation of mostly-empty frames
-            yield pd.DataFrame({c: pd.Series([None] * len(r), dtype=object) for c in cols}).assign(
+        good, rej = check_lines(pdf["value"].tolist(), pdf["source"].tolist())
+        if len(good): yield good.assign(_record=None, _reason=None, _source=None)
+        if len(rej):
+            yield pd.DataFrame({c: pd.Series([None] * len(rej), dtype=object) for c in cols}).assign(
                 quantity=np.nan, event_time=np.nan, price=np.nan,
-                _record=r["record"].to_numpy(), _reason=r["reason"].to_numpy(), _source=r["source"].to_numpy())
+                _record=rej["record"].to_numpy(), _reason=rej["reason"].to_numpy(), _source=rej["source"].to_numpy())
 
 def read_events(spark, data_dir: Path, columns=None):
     """Valid events (`columns` of the contract, all by default), rejected records (Spark DataFrames), the source read
@@ -116,6 +140,22 @@ def read_events(spark, data_dir: Path, columns=None):
     valid = spark.read.parquet(str(tables)).select(*(columns or EVENT.columns))
     rejected = spark.createDataFrame([], "record string, reason string, source string")
     return valid, rejected, "tables", []
+
+def pass_input(spark, data_dir: Path, columns=None):
+    """The session pass's input and the source read (`landing` or `tables`): every landing-zone line parsed once in
+    the JVM (`spark_certify`), as the event `columns` (all by default) and `_ok`, true for a line certainly valid; the
+    other lines also carry `_line` (the raw line) and `_source` (its file), for `check_lines`, which the pass runs.
+    Without a landing zone: the events table, every row `_ok`."""
+    from pyspark.sql import functions as F
+    cols = list(columns or EVENT.columns)
+    landing = data_dir / "events"
+    if landing.exists() and any(landing.rglob("*.jsonl")):
+        raw = (spark.read.text(str(landing), recursiveFileLookup=True, pathGlobFilter="*.jsonl")
+               .withColumn("source", F.input_file_name()))
+        parsed = spark_certify(EVENT, raw, keep=cols, slow_only=["source"])
+        return parsed.select(*cols, "_ok", F.col("value").alias("_line"), F.col("source").alias("_source")), "landing"
+    events, _, src, _ = read_events(spark, data_dir, cols)
+    return events.select(*cols, F.lit(True).alias("_ok"), *[F.lit(None).cast("string").alias(c) for c in ("_line", "_source")]), src
 
 # %% ../nbs/06_batch.ipynb #674d7e8c
 _SESSION_FEATURES = [f for f in FEATURES if f.entity == "session"]
@@ -181,14 +221,30 @@ def fold_sessions(pdf: pd.DataFrame, cfg: BatchConfig) -> list[dict]:
     return out
 
 _PASS_EXTRA = ("day", "views", "carts", "units", "duplicates")  # product_day and stats rows of the Spark pass
+_PASS_REJECTED = ("record", "reason", "source")                  # rejected rows of the Spark pass
 _PRODUCT_DAY_TYPES = ("product_view", "add_to_cart", "purchase")
 _PASS_INPUT = ("session_id", "anonymous_id", "event_id", "event_type", "event_time", "product_id", "category", "price",
                "quantity", "device", "country", "traffic_source", "user_id")  # the event columns the pass reads
 
 def _pass_rows_schema():
-    "`pass_schema` plus the columns of the Spark pass's other rows (kind = product_day | stats)."
+    "`pass_schema` plus the columns of the Spark pass's other rows (kind = product_day | stats | rejected)."
     from pyspark.sql import types as T
-    return T.StructType(pass_schema().fields + [T.StructField(n, T.LongType()) for n in _PASS_EXTRA])
+    return T.StructType(pass_schema().fields + [T.StructField(n, T.LongType()) for n in _PASS_EXTRA]
+                        + [T.StructField(n, T.StringType()) for n in _PASS_REJECTED])
+
+def settle_lines(pdf: pd.DataFrame) -> tuple[pd.DataFrame, list[dict]]:
+    """A frame of the pass's input (`pass_input`; sorted by session, time, event id) -> (its valid events, the
+    `_PASS_INPUT` columns, in that order; `rejected` rows). The lines the JVM did not certify (`_ok` false) go through
+    `check_lines`; the valid ones take their place in their session. A frame without `_ok` is all certified."""
+    ev = pdf[list(_PASS_INPUT)]
+    ok = pdf["_ok"].to_numpy(dtype=bool) if "_ok" in pdf else np.ones(len(pdf), bool)
+    if ok.all(): return ev, []
+    slow = pdf[~ok]
+    good, rej = check_lines(slow["_line"].tolist(), slow["_source"].tolist(), routed=slow["session_id"].tolist())
+    ev = pd.concat([x.astype({"event_time": "int64"}) for x in (ev[ok], good[list(_PASS_INPUT)])], ignore_index=True)
+    if len(good): ev = ev.sort_values(["session_id", "event_time", "event_id"], kind="stable", ignore_index=True)
+    return ev, [{"kind": "rejected", "record": r, "reason": why, "source": f}
+                for r, why, f in zip(rej["record"].tolist(), rej["reason"].tolist(), rej["source"].tolist())]
 
 def _product_days(pdf: pd.DataFrame) -> list[dict]:
     "Product views, cart adds and purchased units per (product, UTC day) of a frame of de-duplicated events."
@@ -205,16 +261,18 @@ def _product_days(pdf: pd.DataFrame) -> list[dict]:
             for (p, d), v, c, u in zip(g.index.tolist(), g["views"].tolist(), g["carts"].tolist(), g["units"].tolist())]
 
 def _fold_partition(cfg: BatchConfig):
-    """mapInPandas over a partition sorted by session, time, event id: drops duplicate deliveries (the first of each
-    (session_id, event_id) in that order stays), folds the sessions, and adds the product-day counts of the
-    de-duplicated events and one `stats` row (events kept, duplicates dropped) per frame."""
+    """mapInPandas over a partition of the pass's input sorted by session, time, event id: settles the lines the JVM
+    did not certify (`settle_lines`), drops duplicate deliveries (the first of each (session_id, event_id) in that
+    order stays), folds the sessions, and adds the product-day counts of the de-duplicated events, the rejected
+    lines and one `stats` row (events kept, duplicates dropped) per frame."""
     fields = _pass_rows_schema().fields
     names = [f.name for f in fields]
     objs = [f.name for f in fields if f.dataType.typeName() in ("string", "boolean")]
     def frame(pdf):
+        pdf, rejected = settle_lines(pdf)
         n = len(pdf)
         pdf = pdf.drop_duplicates(["session_id", "event_id"]).reset_index(drop=True)
-        rows = fold_sessions(pdf, cfg) + _product_days(pdf)
+        rows = fold_sessions(pdf, cfg) + _product_days(pdf) + rejected
         rows.append({"kind": "stats", "n_events": len(pdf), "duplicates": n - len(pdf)})
         df = pd.DataFrame.from_records(rows, columns=names)
         for c in objs:  # a column with no value in this frame comes out as float NaN: Arrow wants objects
@@ -428,27 +486,21 @@ def run_batch(data_dir: str | Path, settings: Settings | None = None, cfg: Batch
     settings = settings or Settings.from_env()
     data_dir = Path(data_dir); offline = data_dir / "offline"; tables = data_dir / "tables"
     spark = spark or spark_session(settings, "propensity-features")
-    st = _Stages(progress, 7); t0 = time.perf_counter(); s = {}
+    st = _Stages(progress, 6); t0 = time.perf_counter(); s = {}
 
-    def read():
-        valid, rejected, src, cached = read_events(spark, data_dir, _PASS_INPUT)
-        s["source"] = src  # this action parses every line once (into the cache the session pass reads)
+    def fold():  # one read and one shuffle by session; the pass settles uncertain lines, drops duplicates, counts product-days
+        events, s["source"] = pass_input(spark, data_dir, _PASS_INPUT)
+        out = (events.repartition(cfg.partitions, "session_id").sortWithinPartitions("session_id", "event_time", "event_id")
+                     .mapInPandas(_fold_partition(cfg), _pass_rows_schema()).persist(StorageLevel.MEMORY_AND_DISK))
+        c = out.filter("kind = 'stats'").agg(F.sum("n_events"), F.sum("duplicates")).first()
+        s["events"] = c[0] or 0; s["duplicates_dropped"] = c[1] or 0; s["valid_records"] = s["events"] + s["duplicates_dropped"]
+        rejected = out.filter("kind = 'rejected'").select(*_PASS_REJECTED)
         by_field = rejected.groupBy(F.regexp_extract("reason", r"^([A-Za-z_]+)", 1)).count().collect()
         s["rejected_by_field"] = {r[0]: r[1] for r in by_field}
         s["rejected_records"] = sum(s["rejected_by_field"].values())
         shutil.rmtree(data_dir / "rejected" / "batch", ignore_errors=True)
         if s["rejected_records"]: rejected.coalesce(1).write.mode("overwrite").json(str(data_dir / "rejected" / "batch"))
-        return valid, cached
-    valid, cached = st("read and validate events", read)
-
-    def fold():  # one shuffle by session; duplicates are dropped inside the pass, which also counts product-days
-        out = (valid.select(*_PASS_INPUT).repartition(cfg.partitions, "session_id")
-                    .sortWithinPartitions("session_id", "event_time", "event_id")
-                    .mapInPandas(_fold_partition(cfg), _pass_rows_schema()).persist(StorageLevel.MEMORY_AND_DISK))
-        c = out.filter("kind = 'stats'").agg(F.sum("n_events"), F.sum("duplicates")).first()
-        s["events"] = c[0] or 0; s["duplicates_dropped"] = c[1] or 0; s["valid_records"] = s["events"] + s["duplicates_dropped"]
-        for df in cached or []: df.unpersist()
-        sess = label_sessions(out.filter("kind = 'session'").drop(*_PASS_EXTRA), cfg).persist(StorageLevel.MEMORY_AND_DISK)
+        sess = label_sessions(out.filter("kind = 'session'").drop(*_PASS_EXTRA, *_PASS_REJECTED), cfg).persist(StorageLevel.MEMORY_AND_DISK)
         c = sess.agg(F.count("*"), F.sum(F.col("is_bot").cast("long")), F.sum(F.col("single_heartbeat").cast("long")),
                      F.sum((F.col("no_product") & ~F.col("is_bot") & ~F.col("single_heartbeat")).cast("long")),
                      F.sum(F.col("eligible").cast("long")), F.sum((F.col("eligible") & F.col("label")).cast("long")),
@@ -462,8 +514,8 @@ def run_batch(data_dir: str | Path, settings: Settings | None = None, cfg: Batch
         _write(sf, offline / "session_features")
         daily = (out.filter("kind = 'product_day'").groupBy("product_id", "day")
                     .agg(F.sum("views").alias("v"), F.sum("carts").alias("c"), F.sum("units").alias("b")))
-        return out, out.filter("kind = 'point'").drop(*_PASS_EXTRA), sess, daily, (c[6], c[7])
-    out, points, sessions, daily, day_range = st("dedup + fold sessions: points, labels, eligibility", fold)
+        return out, out.filter("kind = 'point'").drop(*_PASS_EXTRA, *_PASS_REJECTED), sess, daily, (c[6], c[7])
+    out, points, sessions, daily, day_range = st("read, validate, dedup and fold sessions: points, labels, eligibility", fold)
 
     asof = list(range(day_range[0] // DAY_MS, day_range[1] // DAY_MS + 2)) if day_range[0] is not None else []
     days = _days_frame(spark, asof) if asof else None

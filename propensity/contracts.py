@@ -21,7 +21,7 @@ from pandas.api.types import infer_dtype, is_bool_dtype, is_float_dtype, is_inte
 __all__ = ['DTYPES', 'MIN_TIME_MS', 'MAX_TIME_MS', 'EVENT_TYPES', 'PRODUCT_EVENTS', 'DEVICES', 'TRAFFIC_SOURCES', 'COUNTRY_RE',
            'EVENT', 'ORDER', 'ORDER_ITEM', 'RETURN_REASONS', 'RETURN', 'USER', 'PRICE_BANDS', 'PRODUCT', 'CONTRACTS',
            'Field', 'RowRule', 'Validated', 'Contract', 'parse_json_lines', 'read_jsonl', 'write_rejected', 'utc_day',
-           'write_table', 'write_partitioned', 'read_table', 'spark_fast_path']
+           'write_table', 'write_partitioned', 'read_table', 'spark_certify', 'spark_fast_path']
 
 # %% ../nbs/01_contracts.ipynb #356bee5f
 DTYPES = ("string", "int64", "float64", "bool", "timestamp_ms")
@@ -420,14 +420,11 @@ def _spark_parse_schema(contract: Contract):
 _NOT_STRING_START = [ord(ch) for ch in "0123456789-+.{[\""]
 _NOT_STRING_WORDS = ("true", "false", "NaN", "INF", "Infinity")
 
-def spark_fast_path(contract: Contract, raw, value_col: str = "value", persist: bool = True, keep=None,
-                    slow_only: Sequence[str] = ()):
-    """Split a Spark DataFrame of raw JSON lines into (certainly valid rows, typed and normalised like
-    `Contract.validate` output, plus the other columns of `raw`) and (every other raw row, for `Contract.validate`).
-    With `persist`, the lines are parsed once and cached (typed columns, plus the raw line only where needed); the
-    third value is that cached frame (None without `persist`): unpersist it when done. `keep` (contract column
-    names) limits the typed columns the valid rows carry (and the cache holds); every field is still checked.
-    `slow_only` (other columns of `raw`) are carried by the other rows only (not by the valid rows, nor cached for them)."""
+def spark_certify(contract: Contract, raw, value_col: str = "value", keep=None, slow_only: Sequence[str] = ()):
+    """Parse a Spark DataFrame of raw JSON lines in the JVM: the contract's typed columns (`keep`: only these; every
+    field is still checked), the other columns of `raw`, and `_ok`, true where the line is certainly valid (its typed
+    values are then those of `Contract.validate`). `value_col` (the raw line) and the `slow_only` columns keep their
+    value only where `_ok` is false: those lines are for `Contract.validate`, which decides and gives reasons."""
     from pyspark.sql import functions as F
     parsed = raw.withColumn("_r", F.from_json(F.col(value_col), _spark_parse_schema(contract), {
         "mode": "PERMISSIVE", "columnNameOfCorruptRecord": "_corrupt", "allowSingleQuotes": "false"}))
@@ -457,8 +454,21 @@ def spark_fast_path(contract: Contract, raw, value_col: str = "value", persist: 
     rest = [x for x in raw.columns if x != value_col]
     typed = [(F.when(c(f.name) != "", c(f.name)) if f.dtype == "string" and not f.required else c(f.name)).alias(f.name)
              for f in contract.fields if keep is None or f.name in keep]
-    parsed = parsed.select(*typed, *[F.when(~good, F.col(x)).alias(x) if x in slow_only else F.col(x) for x in rest],
-                           good.alias("_ok"), F.when(~good, F.col(value_col)).alias(value_col))
+    return parsed.select(*typed, *[F.when(~good, F.col(x)).alias(x) if x in slow_only else F.col(x) for x in rest],
+                         good.alias("_ok"), F.when(~good, F.col(value_col)).alias(value_col))
+
+def spark_fast_path(contract: Contract, raw, value_col: str = "value", persist: bool = True, keep=None,
+                    slow_only: Sequence[str] = ()):
+    """Split a Spark DataFrame of raw JSON lines into (certainly valid rows, typed and normalised like
+    `Contract.validate` output, plus the other columns of `raw`) and (every other raw row, for `Contract.validate`),
+    by `spark_certify`. With `persist`, the lines are parsed once and cached (typed columns, plus the raw line only
+    where needed); the third value is that cached frame (None without `persist`): unpersist it when done. `keep`
+    (contract column names) limits the typed columns the valid rows carry (and the cache holds); every field is still
+    checked. `slow_only` (other columns of `raw`) are carried by the other rows only (not by the valid rows, nor
+    cached for them)."""
+    from pyspark.sql import functions as F
+    parsed = spark_certify(contract, raw, value_col, keep, slow_only)
+    rest = [x for x in raw.columns if x != value_col]
     if persist:
         from pyspark import StorageLevel
         parsed = parsed.persist(StorageLevel.MEMORY_AND_DISK)

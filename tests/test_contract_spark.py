@@ -1,9 +1,12 @@
 """The Spark fast path of the event contract decides exactly like `EVENT.validate`: same valid rows with the same
-typed values, same rejections with the same reasons, on tricky records and on a simulated landing zone."""
+typed values, same rejections with the same reasons, on tricky records and on a simulated landing zone; and the batch
+job, which settles the lines the JVM cannot certify inside its session pass, keeps and rejects the same lines."""
+import json
+
 import orjson
 import pandas as pd
 
-from propensity.batch import read_events
+from propensity.batch import pass_input, read_events, run_batch
 from propensity.contracts import EVENT, read_jsonl
 from propensity.simulate import simulate
 
@@ -78,3 +81,23 @@ def test_simulated_landing_zone_gets_the_same_verdicts(tmp_path, spark):
     simulate("small", 1, 21, out, progress=False)
     v, r, ref = _compare(spark, out)
     assert len(r) > 20 and len(v) > 40_000
+
+
+def test_the_batch_job_settles_uncertain_lines_inside_its_session_pass(tmp_path, spark):
+    (tmp_path / "events" / "dt=2024-03-04").mkdir(parents=True)
+    (tmp_path / "events" / "dt=2024-03-04" / "part-00.jsonl").write_bytes(b"\n".join(tricky()) + b"\n")
+    ref = read_jsonl(tmp_path / "events")
+    events, _ = pass_input(spark, tmp_path)
+    uncertain = events.filter("not _ok").count()
+    assert uncertain > len(ref.rejected)  # some valid lines take the contract's slow path (e7: quantity 2.0, ...)
+    s = run_batch(tmp_path, spark=spark, progress=False)
+    rejected = pd.DataFrame([json.loads(x) for f in (tmp_path / "rejected" / "batch").glob("*.json")
+                             for x in f.read_text().splitlines()])
+    key = lambda r: sorted(zip(r["reason"], r["record"].map(lambda x: x[:60])))
+    assert key(rejected) == key(ref.rejected) and s["rejected_records"] == len(ref.rejected)
+    assert set(rejected["source"].map(lambda x: x.rsplit("/", 1)[-1])) == {"part-00.jsonl"}
+    assert s["valid_records"] == len(ref.valid) and s["duplicates_dropped"] == 0
+    sessions = pd.read_parquet(tmp_path / "offline" / "sessions")
+    # every valid event is counted in its own session, the slow path's too
+    expect = ref.valid.groupby("session_id").event_id.nunique()
+    assert sessions.set_index("session_id").n_events.sort_index().to_dict() == expect.sort_index().to_dict()
