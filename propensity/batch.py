@@ -241,8 +241,11 @@ def settle_lines(pdf: pd.DataFrame) -> tuple[pd.DataFrame, list[dict]]:
     if ok.all(): return ev, []
     slow = pdf[~ok]
     good, rej = check_lines(slow["_line"].tolist(), slow["_source"].tolist(), routed=slow["session_id"].tolist())
-    ev = pd.concat([x.astype({"event_time": "int64"}) for x in (ev[ok], good[list(_PASS_INPUT)])], ignore_index=True)
-    if len(good): ev = ev.sort_values(["session_id", "event_time", "event_id"], kind="stable", ignore_index=True)
+    ev = ev[ok].astype({"event_time": "int64"}).reset_index(drop=True)
+    if len(good):  # in the frame's own dtypes (Arrow gives quantity as Int64), so the concat keeps them
+        good = good[list(_PASS_INPUT)].astype(ev.dtypes.to_dict())
+        ev = (pd.concat([ev, good], ignore_index=True) if len(ev) else good).sort_values(
+            ["session_id", "event_time", "event_id"], kind="stable", ignore_index=True)
     return ev, [{"kind": "rejected", "record": r, "reason": why, "source": f}
                 for r, why, f in zip(rej["record"].tolist(), rej["reason"].tolist(), rej["source"].tolist())]
 
