@@ -36,7 +36,7 @@ SPARK_DEFAULTS = {
     "spark.sql.adaptive.enabled": "true",
     "spark.sql.execution.arrow.pyspark.enabled": "true",
     "spark.sql.execution.arrow.maxRecordsPerBatch": "50000",  # frames of the session pass: per-frame costs (the contract's
-    # validator on a frame's few uncertain lines, building frames) cost 7 seed days 8 more Python core-s at 20000
+    # validator on a frame's few uncertain lines, building frames) cost 7 seed days 7 more Python core-s at 20000
     "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
     "spark.driver.memory": "6g",
     "spark.python.worker.reuse": "true",
