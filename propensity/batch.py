@@ -243,9 +243,8 @@ def settle_lines(pdf: pd.DataFrame) -> tuple[pd.DataFrame, list[dict]]:
     slow = pdf[~ok]
     good, rej = check_lines(slow["_line"].tolist(), slow["_source"].tolist(), routed=slow["session_id"].tolist())
     ev = ev[ok].astype({"event_time": "int64"}).reset_index(drop=True)
-    if len(good):  # in the frame's own dtypes (Arrow gives quantity as Int64), so the concat keeps them
-        good = good[list(_PASS_INPUT)].astype(ev.dtypes.to_dict())
-        ev = (pd.concat([ev, good], ignore_index=True) if len(ev) else good).sort_values(
+    if len(good):  # in the frame's own dtypes (Arrow gives quantity as Int64): the concat has no dtype to guess
+        ev = pd.concat([ev, good[list(_PASS_INPUT)].astype(ev.dtypes.to_dict())], ignore_index=True).sort_values(
             ["session_id", "event_time", "event_id"], kind="stable", ignore_index=True)
     return ev, [{"kind": "rejected", "record": r, "reason": why, "source": f}
                 for r, why, f in zip(rej["record"].tolist(), rej["reason"].tolist(), rej["source"].tolist())]
