@@ -34,6 +34,10 @@ SPARK_DEFAULTS = {
     "spark.ui.enabled": "false",
     "spark.sql.shuffle.partitions": "8",
     "spark.sql.adaptive.enabled": "true",
+    # equi-joins of shuffled sides whose every partition is under 64MB (the training set's and the user snapshots'
+    # joins on key and day) build a hash map instead of sorting both sides: 7 seed days, training-set stage 28.8 -> 26.8 s
+    # (2 runs each). Larger partitions keep the sort-merge join; below the advisory partition size (64MB) it is ignored
+    "spark.sql.adaptive.maxShuffledHashJoinLocalMapThreshold": "64MB",
     "spark.sql.execution.arrow.pyspark.enabled": "true",
     "spark.sql.execution.arrow.maxRecordsPerBatch": "50000",  # frames of the session pass: per-frame costs (the contract's
     # validator on a frame's few uncertain lines, building frames) cost 7 seed days 7 more Python core-s at 20000
