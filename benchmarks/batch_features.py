@@ -3,7 +3,8 @@
 Simulates a world (not timed), then runs the batch job (`propensity features`) and prints the wall time and
 events/s of every stage beside the target (100,000 events/s end to end for 7 days of the seed profile, about
 7M events), and the CPU each stage used: the JVM's (Spark's parsing, shuffles, joins, writes) and Python's (the
-driver and the Python workers that run the session fold), sampled from /proc every 0.1 s. The CPU total is set
+driver and the Python workers that run the session fold), sampled from /proc every 0.1 s, and the JVM's CPU by
+thread (Spark's task threads, the JIT compiler, GC, the rest). The CPU total is set
 against the budget the target leaves: cores x (events / 100,000) core-seconds. Ends with one line `RESULT {json}`.
 
     python benchmarks/batch_features.py                 # 7 days of the seed profile (long: simulation + job)
@@ -21,7 +22,7 @@ import threading
 import time
 from pathlib import Path
 
-from _proc import CpuLedger  # benchmarks/_proc.py (the script's folder is on sys.path)
+from _proc import CpuLedger, JvmThreadLedger  # benchmarks/_proc.py (the script's folder is on sys.path)
 
 from propensity.batch import run_batch, spark_session
 from propensity.config import Settings
@@ -35,15 +36,18 @@ class CpuSampler(threading.Thread):
     def __init__(self, every: float = 0.1):
         super().__init__(daemon=True)
         self.every, self.samples, self.done, self.ledger = every, [], threading.Event(), CpuLedger()
+        self.threads, self.by_thread = JvmThreadLedger(), None  # the JVM's threads: every 10th sample (hundreds of files)
     def run(self):
+        n = 0
         while not self.done.is_set():
             c = self.ledger.read()
             if c is None: return
-            self.samples.append((time.perf_counter(), c)); self.done.wait(self.every)
+            if n % 10 == 0: self.by_thread = self.threads.read()
+            self.samples.append((time.perf_counter(), c)); self.done.wait(self.every); n += 1
     def stop(self):
         self.done.set(); self.join()
         c = self.ledger.read()
-        if c is not None: self.samples.append((time.perf_counter(), c))
+        if c is not None: self.samples.append((time.perf_counter(), c)); self.by_thread = self.threads.read()
     def at(self, t: float) -> dict | None:
         "CPU seconds at time `t`, linear between the samples around it."
         s = self.samples
@@ -116,6 +120,10 @@ def main():
               + (f"; the target leaves {cores} cores x {s['events'] / TARGET_EVENTS_PER_S:,.1f} s = "
                  f"{cores * s['events'] / TARGET_EVENTS_PER_S:,.0f} core-seconds = {cores / TARGET_EVENTS_PER_S * 1e6:.0f} us per event"
                  if cores else ""))
+    jvm = {k: round(v, 1) for k, v in (sampler.by_thread or {}).items()}
+    if jvm:  # from the session's start: the threads' CPU is not split by stage
+        print("JVM CPU by thread, job and session start: " + ", ".join(f"{k} {v:,.1f}" for k, v in jvm.items())
+              + " core-seconds")
     print(f"\n{w['landing_records']:,} landing records, {s['events']:,} events, {s['sessions']:,} sessions, "
           f"{s['training_rows']:,} training rows on {a.master}" + (f"; Spark settings {conf}" if conf else ""))
     met = rate >= TARGET_EVENTS_PER_S
@@ -123,7 +131,7 @@ def main():
     print("RESULT " + json.dumps(dict(benchmark="batch_features", profile=profile, days=days, master=a.master, conf=conf,
                                       landing_records=w["landing_records"], events=s["events"], seconds=s["seconds"],
                                       events_per_s=round(rate), target_events_per_s=TARGET_EVENTS_PER_S,
-                                      stage_seconds=s["stage_seconds"], stage_cpu_seconds=cpu, cpu_seconds=total_cpu, training_rows=s["training_rows"], met=met)))
+                                      stage_seconds=s["stage_seconds"], stage_cpu_seconds=cpu, cpu_seconds=total_cpu, jvm_thread_cpu_seconds=jvm, training_rows=s["training_rows"], met=met)))
 
 
 if __name__ == "__main__":
