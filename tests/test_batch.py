@@ -75,12 +75,13 @@ def test_training_set_shape_and_content(world):
     assert not (_ms(tr.event_timestamp) >= np.nan_to_num(fb, nan=np.inf)).any()
 
 
-def test_equi_joins_build_hash_maps_instead_of_sorting(world, spark):
-    """The training set's joins are equi-joins on (entity key, day) of two shuffled sides. `SPARK_DEFAULTS` lets
-    adaptive execution build a hash map of the smaller side's partitions instead of sorting both sides (a setting
-    below the advisory partition size would silently do nothing); without it the same join sorts and merges."""
+def test_training_joins_build_hash_maps_instead_of_sorting(world, spark):
+    """The training set's joins are equi-joins on (entity key, day) of two shuffled sides. With `TRAINING_JOIN_CONF`
+    (as `run_batch` runs them) adaptive execution builds a hash map of the smaller side's partitions instead of
+    sorting both sides (a threshold below the advisory partition size would silently do nothing); outside it the
+    session's own setting stands: the same join sorts and merges, and the setting is back to its value before."""
     from pyspark.sql import functions as F
-    from propensity.batch import SPARK_DEFAULTS
+    from propensity.batch import TRAINING_JOIN_CONF, spark_conf
     key, out = "spark.sql.adaptive.maxShuffledHashJoinLocalMapThreshold", world[0]
     def joined() -> str:
         pts = spark.read.parquet(str(out / "training" / "training_set")).select("user_id", "dt", "point_id")
@@ -90,17 +91,15 @@ def test_equi_joins_build_hash_maps_instead_of_sorting(world, spark):
         plan = q._jdf.queryExecution().executedPlan().toString()
         assert "isFinalPlan=true" in plan, plan
         return plan.split("== Initial Plan ==")[0]  # the plan as run, not the one planned before the shuffles
-    before = {k: spark.conf.get(k) for k in (key, "spark.sql.autoBroadcastJoinThreshold")}
-    try:
-        spark.conf.set("spark.sql.autoBroadcastJoinThreshold", "-1")  # the test world's tables would be broadcast
-        assert spark.conf.get(key) == SPARK_DEFAULTS[key]
-        plan = joined()
-        assert "ShuffledHashJoin" in plan and "SortMergeJoin" not in plan, plan
-        spark.conf.set(key, "0")
+    session = spark.conf.get(key)
+    with spark_conf(spark, {"spark.sql.autoBroadcastJoinThreshold": "-1"}):  # the test world's tables would be broadcast
+        with spark_conf(spark, TRAINING_JOIN_CONF):
+            assert spark.conf.get(key) == TRAINING_JOIN_CONF[key]
+            plan = joined()
+            assert "ShuffledHashJoin" in plan and "SortMergeJoin" not in plan, plan
+        assert spark.conf.get(key) == session
         plan = joined()
         assert "SortMergeJoin" in plan and "ShuffledHashJoin" not in plan, plan
-    finally:
-        for k, v in before.items(): spark.conf.set(k, v)
 
 def _ms(ts: pd.Series) -> np.ndarray:
     return (ts.dt.tz_convert("UTC").astype("int64") // 10 ** {"ns": 6, "us": 3, "ms": 0}[ts.dt.unit]).to_numpy()
