@@ -56,10 +56,10 @@ class JvmThreadLedger:
     thread so that a thread that ends (an idle Spark task thread does) keeps the CPU last read for it."""
     def __init__(self, root: int | None = None):
         self.root, self.last = root, {}
-        self.hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
     def read(self) -> dict | None:
         t = tree_processes(self.root)
         if t is None: return None
+        hz = os.sysconf("SC_CLK_TCK")
         for pid, (name, _, _, start) in t.items():
             if name != "java": continue
             try: tids = os.listdir(f"/proc/{pid}/task")
@@ -68,7 +68,7 @@ class JvmThreadLedger:
                 try: st = open(f"/proc/{pid}/task/{tid}/stat").read()
                 except OSError: continue
                 f = st[st.rindex(")") + 2:].split()
-                self.last[pid, start, tid, int(f[19])] = (st[st.index("(") + 1:st.rindex(")")], (int(f[11]) + int(f[12])) / self.hz)
+                self.last[pid, start, tid, int(f[19])] = (st[st.index("(") + 1:st.rindex(")")], (int(f[11]) + int(f[12])) / hz)
         out = {g: 0.0 for g, _ in JVM_THREAD_GROUPS} | {"other": 0.0}
         for name, cpu in self.last.values():
             out[next((g for g, prefixes in JVM_THREAD_GROUPS if name.startswith(prefixes)), "other")] += cpu

@@ -448,8 +448,8 @@ TRAINING_KEYS = ["point_id", "session_id", "user_id", "anonymous_id", "product_i
 SEGMENT_COLUMNS = {"device": "sess_device", "country": "sess_country", "traffic_source": "sess_traffic_source"}
 # the training set's joins on (key, day) build a hash map of each shuffled partition of the smaller side when every
 # one is under 64MB (larger ones keep the sort-merge join; a value below the advisory partition size, 64MB, is
-# ignored): on 16 seed days the stage took 55.8 s instead of 62.1. Not a session default: the user snapshots' chain of
-# joins on (user_id, asof) took 28.4 s instead of 22.7 with it
+# ignored): on 16 seed days the stage took 54.8 s instead of 62.1. Not a session default: as one, it made the user
+# snapshots' chain of joins on (user_id, asof) take 28.4 s instead of 22.7
 TRAINING_JOIN_CONF = {"spark.sql.adaptive.maxShuffledHashJoinLocalMapThreshold": "64MB"}
 
 @contextlib.contextmanager
