@@ -2,6 +2,13 @@
 import os
 
 
+def _stat(path: str) -> tuple[str, list[str]] | None:
+    "(comm, the fields after it) of a /proc stat file (a process's or a thread's); None when it is gone."
+    try: st = open(path).read()
+    except OSError: return None
+    return st[st.index("(") + 1:st.rindex(")")], st[st.rindex(")") + 2:].split()
+
+
 def tree_processes(root: int | None = None) -> dict | None:
     """{pid: (name, own CPU seconds, CPU seconds of its reaped children, start time in clock ticks after boot)} of
     `root` (default this process) and its descendants; None without /proc."""
@@ -9,10 +16,10 @@ def tree_processes(root: int | None = None) -> dict | None:
     procs = {}
     for p in os.listdir("/proc"):
         if not p.isdigit(): continue
-        try: st = open(f"/proc/{p}/stat").read()
-        except OSError: continue
-        f = st[st.rindex(")") + 2:].split()
-        procs[int(p)] = (int(f[1]), st[st.index("(") + 1:st.rindex(")")],  # ppid, comm
+        r = _stat(f"/proc/{p}/stat")
+        if r is None: continue
+        comm, f = r
+        procs[int(p)] = (int(f[1]), comm,  # ppid, comm
                          int(f[11]) + int(f[12]), int(f[13]) + int(f[14]), int(f[19]))  # utime + stime, cutime + cstime, starttime
     kids = {}
     for p, v in procs.items(): kids.setdefault(v[0], []).append(p)
@@ -65,10 +72,10 @@ class JvmThreadLedger:
             try: tids = os.listdir(f"/proc/{pid}/task")
             except OSError: continue
             for tid in tids:
-                try: st = open(f"/proc/{pid}/task/{tid}/stat").read()
-                except OSError: continue
-                f = st[st.rindex(")") + 2:].split()
-                self.last[pid, start, tid, int(f[19])] = (st[st.index("(") + 1:st.rindex(")")], (int(f[11]) + int(f[12])) / hz)
+                r = _stat(f"/proc/{pid}/task/{tid}/stat")
+                if r is None: continue
+                comm, f = r
+                self.last[pid, start, tid, int(f[19])] = (comm, (int(f[11]) + int(f[12])) / hz)  # starttime; utime + stime
         out = {g: 0.0 for g, _ in JVM_THREAD_GROUPS} | {"other": 0.0}
         for name, cpu in self.last.values():
             out[next((g for g, prefixes in JVM_THREAD_GROUPS if name.startswith(prefixes)), "other")] += cpu

@@ -101,6 +101,7 @@ def test_training_joins_build_hash_maps_instead_of_sorting(world, spark):
         plan = joined()
         assert "SortMergeJoin" in plan and "ShuffledHashJoin" not in plan, plan
 
+
 def _ms(ts: pd.Series) -> np.ndarray:
     return (ts.dt.tz_convert("UTC").astype("int64") // 10 ** {"ns": 6, "us": 3, "ms": 0}[ts.dt.unit]).to_numpy()
 
