@@ -7,6 +7,8 @@ Docs: https://propensity.github.io/propensity/contracts.html.md"""
 # %% ../nbs/01_contracts.ipynb #1e85e545
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -58,13 +60,34 @@ class Field:
         elif self.max is not None: kind += f" <= {self.max:g}"
         return kind
 
+    def certain(self, v) -> tuple[bool, object]:
+        "(True, typed value) when the validator certainly accepts the plain JSON value `v` here; (False, None) when only it can tell."
+        if v is None: return not self.required, None
+        t = type(v)
+        if self.dtype == "string":
+            if t is not str or self.min is not None or self.max is not None: return False, None
+            if v == "": return not self.required, None  # an empty optional string is absent; an empty required one: ask
+            if self.allowed is not None and v not in self.allowed: return False, None
+            if self.pattern is not None and re.fullmatch(self.pattern, v) is None: return False, None
+            return True, v
+        if self.dtype == "bool":
+            return (t is bool and self.allowed is None and self.pattern is None and self.min is None and self.max is None), (v if t is bool else None)
+        if self.pattern is not None: return False, None
+        if t is int: ok = -2**63 <= v < 2**63  # a number: int64 and timestamp_ms take integers only here (2.0: ask)
+        else: ok = t is float and self.dtype == "float64" and math.isfinite(v)
+        if not ok or (self.allowed is not None and v not in self.allowed): return False, None
+        x = float(v)
+        if (self.min is not None and x < self.min) or (self.max is not None and x > self.max): return False, None
+        return True, (x if self.dtype == "float64" else v)
+
 @dataclass(frozen=True)
 class RowRule:
-    "A check across fields: `ok(df)` is True for rows that pass; `message(row)` explains a failure; `spark(F, col)` is the same check as a Spark Column (optional)."
+    "A check across fields: `ok(df)` is True for rows that pass; `message(row)` explains a failure; `spark(F, col)` is the same check as a Spark Column and `row(values)` on one record's typed values (both optional)."
     name: str
     ok: Callable[[pd.DataFrame], pd.Series]
     message: Callable[[pd.Series], str]
     spark: Callable | None = None
+    row: Callable[[dict], bool] | None = None
 
 # %% ../nbs/01_contracts.ipynb #a6a38856
 @dataclass
@@ -121,9 +144,9 @@ def _typed(f: Field, col: pd.Series) -> tuple[pd.Series, pd.Series]:
         num = pd.to_numeric(col.where(isnum), errors="coerce").astype("float64")
     bad |= ~np.isfinite(num.fillna(0.0))
     if f.dtype in ("int64", "timestamp_ms"):
-        if is_integer_dtype(col):
+        if is_integer_dtype(col) and col.dtype.kind == "i":
             return col.astype("Int64"), bad
-        bad |= num.notna() & (num != np.floor(num))
+        bad |= num.notna() & ((num != np.floor(num)) | (num.abs() >= 2.0**63))  # JSON integers can pass int64 (uint64 column)
         num = num.where(~bad)
         return num.astype("Int64"), bad
     return num.where(~bad), bad
@@ -165,6 +188,14 @@ class Contract:
     def to_arrow(self, df: pd.DataFrame) -> pa.Table:
         "A validated frame as an Arrow table with the contract's schema."
         return pa.Table.from_pandas(df[self.columns], schema=self.arrow_schema(), preserve_index=False)
+
+    def certain(self, record: dict) -> bool:
+        "True when `validate` certainly accepts this one record (plain JSON values, every check and rule passed); False means: ask `validate`."
+        typed = {}
+        for f in self.fields:
+            ok, typed[f.name] = f.certain(record.get(f.name))
+            if not ok: return False
+        return all(r.row is not None and r.row(typed) for r in self.rules)
 
     def validate(self, data, source: Sequence | pd.Series | None = None) -> Validated:
         "Split raw records (list of dicts or DataFrame) into typed valid rows and rejected rows with reasons."
@@ -213,7 +244,7 @@ class Contract:
             # a dead letter keeps the record as it came (its keys in order, 2 not 2.0); rows of a frame lose their nulls
             rows = ([records[i] for i in np.flatnonzero(rej.to_numpy())] if records is not None else
                     [{k: v for k, v in rec.items() if not _isnull(v)} for rec in raw_rej.to_dict("records")])
-            recs = [orjson.dumps(rec, default=str, option=orjson.OPT_SERIALIZE_NUMPY).decode() for rec in rows]
+            recs = [_record_text(rec) for rec in rows]
             src = (pd.Series(list(source), index=raw.index)[rej].astype(str).tolist() if source is not None
                    else [f"{self.name}[{i}]" for i in raw_rej.index])
             rejected = pd.DataFrame({"record": recs, "reason": reasons[rej].tolist(), "source": src})
@@ -221,6 +252,13 @@ class Contract:
             rejected = pd.DataFrame({"record": pd.Series(dtype=object), "reason": pd.Series(dtype=object),
                                      "source": pd.Series(dtype=object)})
         return Validated(self.name, valid, rejected, unknown)
+
+def _record_text(rec: dict) -> str:
+    "A dead letter's record as JSON text; one orjson cannot write (an integer past 64 bits, a lone surrogate) by the standard library, kept exactly, in ASCII."
+    try: return orjson.dumps(rec, default=str, option=orjson.OPT_SERIALIZE_NUMPY).decode()
+    except TypeError:
+        import json
+        return json.dumps(rec, default=str, ensure_ascii=True)
 
 def _isnull(v) -> bool:
     try: return v is None or (isinstance(v, float) and np.isnan(v)) or v is pd.NA
@@ -239,7 +277,8 @@ def _needs(field_name: str, types: tuple) -> RowRule:
     return RowRule(f"{field_name}_for_{'_'.join(types)}",
                    lambda d: ~d["event_type"].isin(types) | d[field_name].notna(),
                    lambda r: f"{field_name}: missing, expected for event_type={r['event_type']}",
-                   lambda F, c: ~c("event_type").isin(*types) | c(field_name).isNotNull())
+                   lambda F, c: ~c("event_type").isin(*types) | c(field_name).isNotNull(),
+                   lambda t: t["event_type"] not in types or t[field_name] is not None)
 
 EVENT = Contract("event", (
     Field("event_id", "string", required=True, doc="Unique id of the event (duplicates are the same event delivered twice)."),
