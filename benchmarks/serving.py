@@ -8,6 +8,9 @@
   (c) HTTP       `propensity serve` (uvicorn, one worker) under an open-loop load generator on the same machine:
                  a fixed arrival rate (default 500 requests/s) for a fixed time (60 s; 15 s with --quick);
                  latency is measured from each request's scheduled send time, so a stall is not hidden
+  (d) collector  the event collector's check (`split_events`) per call of 1 and of 100 landing-zone records, beside
+                 the contract's validator on the same calls (what the collector ran on every batch before); then
+                 `POST /v1/events` with one event per request, open loop (default 200 requests/s, at most 15 s)
 
 Targets (issue 6): (b) p99 <= 0.25 ms and at least 4x lower than (a)'s p99; (c) p99 <= 3 ms at 500 requests/s
 sustained for 60 s with zero errors, on 2 cores. (a) and (b) are checked to give the same probabilities.
@@ -32,6 +35,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import orjson
 import pandas as pd
 
 from propensity.config import Settings
@@ -129,17 +133,15 @@ async def _call(conn, raw: bytes) -> int:
     return status
 
 
-def _request(body: bytes) -> bytes:
-    return (b"POST /v1/score HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\nx-api-key: " + KEY.encode() +
+def _request(body: bytes, path: bytes = b"/v1/score") -> bytes:
+    return (b"POST " + path + b" HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\nx-api-key: " + KEY.encode() +
             b"\r\ncontent-length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
 
 
-async def open_loop(port: int, reqs: list[dict], rate: float, seconds: float, conns: int = 32) -> dict:
-    "Send requests at a fixed rate (open loop) over `conns` keep-alive connections; latency from the scheduled time."
-    import orjson
+async def open_loop(port: int, raws: list[bytes], rate: float, seconds: float, conns: int = 32) -> dict:
+    "Send the raw HTTP requests `raws` (cycled) at a fixed rate (open loop) over `conns` keep-alive connections; latency from the scheduled time."
     pool = asyncio.Queue()
     for _ in range(conns): pool.put_nowait(await _conn(port))
-    raws = [_request(orjson.dumps(q)) for q in reqs]
     n = int(rate * seconds)
     lat, errors, statuses = [], 0, {}
     now = time.perf_counter  # uvloop's loop.time() has millisecond resolution
@@ -173,6 +175,20 @@ async def open_loop(port: int, reqs: list[dict], rate: float, seconds: float, co
                 achieved_rps=round(n / wall, 1), seconds=round(wall, 1))
 
 
+def collector_in_process(events: list[dict], size: int, n: int) -> tuple[list[float], list[float], int]:
+    "(d) in process, per call of `size` events: `split_events` (the collector's check) and, on the same calls, the contract's validator alone (the baseline: what the collector ran on every batch before)."
+    from propensity.contracts import EVENT
+    from propensity.serving import split_events
+    calls = [events[(i * size) % len(events):][:size] for i in range(n)]
+    split_events(calls[0]); EVENT.validate(calls[0])
+    t_new, t_old, agree = [], [], 0
+    for c in calls:
+        t = time.perf_counter(); ok, _ = split_events(c); t_new.append(time.perf_counter() - t)
+        t = time.perf_counter(); v = EVENT.validate(c, source=[str(i) for i in range(len(c))]); t_old.append(time.perf_counter() - t)
+        agree += sorted(set(range(len(c))) - {int(x) for x in v.rejected["source"]}) == ok
+    return t_new, t_old, agree
+
+
 def start_service(d: Path, url: str, port: int) -> subprocess.Popen:
     env = {**os.environ, "REDIS_URL": url, "PROPENSITY_FEAST_PROJECT": PROJECT, "PROPENSITY_API_KEYS": KEY, "PROPENSITY_LOG_LEVEL": "WARNING"}
     p = subprocess.Popen([str(Path(sys.executable).parent / "propensity"), "serve", "--data", str(d), "--port", str(port)],
@@ -194,6 +210,7 @@ def main():
     ap.add_argument("--quick", action="store_true", help="fewer requests; a 15 s HTTP run")
     ap.add_argument("--rate", type=float, default=500.0, help="HTTP requests per second (default 500)")
     ap.add_argument("--seconds", type=float, default=None, help="HTTP run length (default 60; 15 with --quick)")
+    ap.add_argument("--events-rate", type=float, default=200.0, help="POST /v1/events requests per second, one event each (default 200)")
     a = ap.parse_args()
     seconds = a.seconds or (15.0 if a.quick else 60.0)
     n_a, n_b = (200, 5000) if a.quick else (1000, 20000)
@@ -239,6 +256,9 @@ def main():
         for v in vals[:300]:
             t = time.perf_counter(); mb.model.booster.predict(np.array([mb.encoder.row(v)])); t_booster.append(time.perf_counter() - t)
         A, B = summary(ta), summary(tb)
+        from propensity.serving import _landing_events
+        events = _landing_events(d, limit=20_000)
+        col = {size: collector_in_process(events, size, n) for size, n in ((1, 2000 if not a.quick else 500), (100, 200 if not a.quick else 50))}
 
         # (c) HTTP under load
         port = _free_port()
@@ -248,12 +268,23 @@ def main():
             print(f"HTTP: open-loop {a.rate:.0f} requests/s for {seconds:.0f} s against http://127.0.0.1:{port}/v1/score ...", flush=True)
             import psutil
             ps = psutil.Process(proc.pid)
-            cpu0 = ps.cpu_times(); me0 = psutil.Process().cpu_times()
-            C = uvloop.run(open_loop(port, reqs, a.rate, seconds))
-            cpu1 = ps.cpu_times(); me1 = psutil.Process().cpu_times()
-            # CPU the service spent per request (user + system): independent of how busy the machine is
-            C["service_cpu_us_per_request"] = round(((cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)) / C["sent"] * 1e6, 1)
+            # CPU the service (and its collector worker) spent per request (user + system): independent of how busy the machine is
+            service_cpu = lambda: sum(sum(x.cpu_times()[:2]) for x in [ps, *ps.children(recursive=True)])
+            cpu0 = service_cpu(); me0 = psutil.Process().cpu_times()
+            raws = [_request(orjson.dumps(q)) for q in reqs]
+            gc.collect(); gc.freeze()  # as for (b): the generator's own collections (Feast, pandas loaded) show up as latency
+            C = uvloop.run(open_loop(port, raws, a.rate, seconds))
+            cpu1 = service_cpu(); me1 = psutil.Process().cpu_times()
+            C["service_cpu_us_per_request"] = round((cpu1 - cpu0) / C["sent"] * 1e6, 1)
             C["generator_cpu_us_per_request"] = round(((me1.user + me1.system) - (me0.user + me0.system)) / C["sent"] * 1e6, 1)
+            # (d) the event collector: one landing-zone record per request (malformed ones included), open loop
+            ev_seconds = min(seconds, 15.0)
+            print(f"HTTP: open-loop {a.events_rate:.0f} requests/s of one event each for {ev_seconds:.0f} s against /v1/events ...", flush=True)
+            cpu0 = service_cpu()
+            D = uvloop.run(open_loop(port, [_request(orjson.dumps({"events": [e]}), b"/v1/events") for e in events[:5000]],
+                                     a.events_rate, ev_seconds))
+            D["service_cpu_us_per_request"] = round((service_cpu() - cpu0) / D["sent"] * 1e6, 1)
+            gc.unfreeze()
         finally:
             proc.terminate(); proc.wait(10)
 
@@ -269,6 +300,17 @@ def main():
         print(f"  (b) parts: round trip + decode p50 {F['p50_ms']:.3f} / p99 {F['p99_ms']:.3f} ms; model (encode, fast predict, "
               f"calibrate) p50 {M['p50_ms']:.3f} / p99 {M['p99_ms']:.3f} ms; Booster.predict on one numpy row p50 {BO['p50_ms']:.3f} ms")
         print(f"  (a) vs (b): same probabilities, max |difference| {diff:.2e} over {n_a} requests")
+        print(f"\n{'event collector: check of one call (in process)':<58} {'calls':>7} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'max ms':>8}")
+        Dp = {}
+        for size, (t_new, t_old, agree) in col.items():
+            Dp[size] = dict(split_events=summary(t_new), validator=summary(t_old), same_verdicts=agree)
+            for name, s in ((f"(d) split_events, {size} event(s) per call", Dp[size]["split_events"]),
+                            ("    baseline: the contract's validator on the same calls", Dp[size]["validator"])):
+                print(f"{name[:58]:<58} {s['n']:>7} {s['p50_ms']:>8.3f} {s['p90_ms']:>8.3f} {s['p99_ms']:>8.3f} {s['max_ms']:>8.2f}")
+            print(f"    same accepted events on {agree} of {len(t_new)} calls")
+        print(f"(d) HTTP POST /v1/events, one event each, open loop {a.events_rate:.0f}/s for {D['seconds']:.0f} s: p50 {D['p50_ms']:.2f} / "
+              f"p99 {D['p99_ms']:.2f} ms, {D['achieved_rps']:.0f} requests/s achieved, {D['errors']} errors, "
+              f"service CPU {D['service_cpu_us_per_request']:.0f} us per request")
         ratio = A["p99_ms"] / B["p99_ms"]
         t_b = B["p99_ms"] <= 0.25 and ratio >= 4
         t_c = C["p99_ms"] <= 3.0 and C["errors"] == 0 and seconds >= 60 and C["achieved_rps"] >= 0.98 * a.rate
@@ -279,7 +321,7 @@ def main():
               "NOT DECIDED (shorter than 60 s: run without --quick)"))
         print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} at the end (other work on the machine makes tails noisy)")
         print("RESULT " + json.dumps(dict(benchmark="serving", quick=a.quick, model=sc.models.current.version,
-                                          baseline=A, in_process=B, http=C, in_process_parts=dict(fetch=F, model=M, booster_predict_numpy=BO), in_process_redis_py=RP,
+                                          baseline=A, in_process=B, http=C, collector_http=D, collector_in_process=Dp, in_process_parts=dict(fetch=F, model=M, booster_predict_numpy=BO), in_process_redis_py=RP,
                                           p99_ratio=round(ratio, 1), max_abs_diff=diff, target_in_process_met=t_b, target_http_met=t_c,
                                           load_average=round(os.getloadavg()[0], 2))))
     finally:

@@ -204,15 +204,19 @@ def test_collector_appends_valid_events_and_dead_letters_the_rest(world, service
     ev = {"event_id": "e-1", "event_type": "add_to_cart", "event_time": 1710158400000, "anonymous_id": "a1",
           "session_id": "s1", "product_id": "p1", "price": 19.9, "quantity": 1, "device": "mobile"}
     events = [ev, {**ev, "event_id": "e-2", "price": None}, {**ev, "event_id": "e-3", "event_type": "product_view"},
-              {**ev, "event_id": "e-4", "device": "fridge"}]
+              {**ev, "event_id": "e-4", "device": "fridge"},
+              {**ev, "event_id": 10**20}, {**ev, "event_id": "e-6", "quantity": 2**64}]  # JSON integers past 64 bits
     r_ = service.client.post("/v1/events", json={"events": events}).json()
-    assert r_["accepted"] == 2 and [x["index"] for x in r_["rejected"]] == [1, 3]
+    assert r_["accepted"] == 2 and [x["index"] for x in r_["rejected"]] == [1, 3, 4, 5], r_
     assert "price: missing" in r_["rejected"][0]["reason"] and "device='fridge'" in r_["rejected"][1]["reason"]
-    assert stream_length(r, stream) == before + 2 and stream_length(r, dead_letter_key(stream)) == dead_before + 2
+    assert r_["rejected"][2]["reason"].startswith("event_id=100000000000000000000: expected a string")
+    assert r_["rejected"][3]["reason"].startswith("quantity=18446744073709551616: expected an integer")
+    assert stream_length(r, stream) == before + 2 and stream_length(r, dead_letter_key(stream)) == dead_before + 4
     lines = [json.loads(x) for _, x in read_after(r, stream)][-2:]
     assert [x["event_id"] for x in lines] == ["e-1", "e-3"] and lines[0] == ev   # the original JSON, as sent
-    dead = [json.loads(x) for _, x in read_after(r, dead_letter_key(stream))][-2:]
+    dead = [json.loads(x) for _, x in read_after(r, dead_letter_key(stream))][-4:]
     assert dead[0]["record"]["event_id"] == "e-2" and "price" in dead[0]["reason"]
+    assert dead[2]["record"]["event_id"] == 10**20 and dead[3]["record"]["quantity"] == 2**64  # kept exactly
 
 
 def test_metrics_count_latency_by_route_and_degraded_by_reason(service):
