@@ -16,14 +16,14 @@ import time
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
 from .calibration import CalibratedModel, SegmentAdjuster, calibrator_from_dict
 from .features import ENTITIES, FEATURES, at_time, features_of, model_features
 from .feast_repo import VIEWS, decode_value, field_name, ts_field
-from .registry import LoadedModel, band_of, load, promoted
+from .registry import LoadedModel, load
 from .train import Encoder
 
 # %% auto #0

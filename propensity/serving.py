@@ -16,7 +16,7 @@ import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
 from fastapi import Depends, FastAPI, Request
@@ -26,6 +26,8 @@ from fastapi.security import APIKeyHeader
 from pydantic import BaseModel, ConfigDict, Field
 
 from .config import ConfigError, Settings
+
+if TYPE_CHECKING: from propensity.scorer import ModelBundle  # imported where used (the scorer loads LightGBM)
 
 # %% auto #0
 __all__ = ['DEV_KEY', 'ROUTES', 'log', 'ServingConfig', 'key_ok', 'ScoreRequest', 'BatchRequest', 'Action', 'Contribution',

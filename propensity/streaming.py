@@ -13,7 +13,7 @@ import os
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -21,7 +21,7 @@ import orjson
 
 from .config import Settings
 from .features import SessionState, features_of
-from .livestream import FIELD, START, dead_letter_key, format_id, parse_id
+from .livestream import FIELD, START, dead_letter_key, parse_id
 
 # %% auto #0
 __all__ = ['EV_KEYS', 'EV_COLUMNS', 'SESSION_FEATURES', 'SOURCE_NAME', 'SOURCE_SCHEMA', 'ONLINE_LUA', 'OUTPUT_DDL', 'ROCKSDB',
