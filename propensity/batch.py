@@ -485,7 +485,7 @@ class _Stages:
     def __init__(self, show: bool, n: int):
         self.show, self.n, self.i, self.seconds = show, n, 0, {}
         from rich.console import Console
-        self.console = Console(stderr=True, highlight=False)
+        self.console = Console(stderr=True, highlight=False, soft_wrap=True)  # a log keeps one line per stage
     def __call__(self, name: str, fn):
         self.i += 1; t = time.perf_counter()
         if self.show: self.console.print(f"[{self.i}/{self.n}] {name} ...")
@@ -536,7 +536,7 @@ def run_batch(data_dir: str | Path, settings: Settings | None = None, cfg: Batch
         daily = (out.filter("kind = 'product_day'").groupBy("product_id", "day")
                     .agg(F.sum("views").alias("v"), F.sum("carts").alias("c"), F.sum("units").alias("b")))
         return out, out.filter("kind = 'point'").drop(*_PASS_EXTRA, *_PASS_REJECTED), sess, daily, (c[6], c[7])
-    out, points, sessions, daily, day_range = st("read, validate, dedup and fold sessions: points, labels, eligibility", fold)
+    out, points, sessions, daily, day_range = st("read, validate, dedup, fold sessions", fold)
 
     asof = list(range(day_range[0] // DAY_MS, day_range[1] // DAY_MS + 2)) if day_range[0] is not None else []
     days = _days_frame(spark, asof) if asof else None

@@ -149,7 +149,7 @@ def _quality(data: Path, show: bool = True):
     from propensity.quality import check_tables
     report = check_tables(data, required=("training_set", "session_features"))
     paths = report.write(data / "quality")
-    if show: report.print()
+    if show: report.print(_console())
     print(f"Data-quality report: {paths['md']}")
     if not report.ok:
         raise PipelineStop("data-quality checks failed, the pipeline stops here:\n  " +
