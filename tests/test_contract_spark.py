@@ -32,6 +32,10 @@ def tricky() -> list[bytes]:
     no_key = dict(GOOD, event_id="e-nokey"); del no_key["device"]
     lines += [orjson.dumps(no_key), b'{"event_id": "e-trunc", "event_type": "add_to', b"[1, 2, 3]", b"null",
               b'{"event_id":"e-sp", "event_type" : "page_view" , "event_time":1709539200000,"anonymous_id":"a","session_id":"s"}']
+    # numbers JSON can carry past what int64 and double hold (orjson cannot write them: the standard library does)
+    big = [{"event_time": 2**63}, {"event_time": -(2**63) - 1}, {"quantity": 2**64}, {"quantity": 10**30},
+           {"user_id": 10**20}, {"price": 10**400}]
+    lines += [json.dumps({**GOOD, **v, "event_id": f"e-big{i}"}).encode() for i, v in enumerate(big)]
     return lines
 
 
