@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from .config import Settings
-from .contracts import EVENT, parse_json_lines, spark_certify, spark_fast_path
+from .contracts import EVENT, line_text, parse_json_lines, spark_certify, spark_fast_path
 from .features import (ENTITIES, FEATURES, Eligibility, ScoringPolicy, SessionState, at_time, features_of, fold_session,
                                  model_features)
 
@@ -91,7 +91,7 @@ def check_lines(lines: list, files: list, routed: list | None = None) -> tuple[p
         off = valid["session_id"].to_numpy(dtype=object) != read
         if off.any():
             rej.append(pd.DataFrame({
-                "record": [str(lines[i]).rstrip("\r\n") for i, o in zip(at, off) if o],
+                "record": [line_text(lines[i]).rstrip("\r\n") for i, o in zip(at, off) if o],
                 "reason": [f"session_id={sid!r}: Spark's JSON parser read {r!r} from this line, so it cannot reach its "
                            "session; expected strict JSON that both parsers read alike"
                            for sid, r in zip(valid["session_id"][off], read[off])],
@@ -129,7 +129,8 @@ def read_events(spark, data_dir: Path, columns=None):
         fast, slow, parsed = spark_fast_path(EVENT, raw, keep=cols, slow_only=["source"])
         schema = T.StructType([T.StructField(f.name, T.DoubleType() if f.name == "quantity" else f.dataType, True)
                                for f in EVENT.spark_schema().fields] + [T.StructField(n, T.StringType()) for n, _ in _EXTRA])
-        checked = slow.mapInPandas(_validate_batches, schema)
+        # the lines cross to Python as bytes: one that is not UTF-8 is the validator's to reject, not Arrow's to fail on
+        checked = slow.withColumn("value", F.col("value").cast("binary")).mapInPandas(_validate_batches, schema)
         checked = checked.persist(StorageLevel.MEMORY_AND_DISK)  # few rows: the contract's verdicts and reasons
         valid = fast.select(*cols).unionByName(checked.filter(F.col("_reason").isNull()).select(
             *[F.col(c).cast("long").alias(c) if c == "quantity" else F.col(c) for c in cols]))
@@ -156,9 +157,10 @@ def pass_input(spark, data_dir: Path, columns=None):
         raw = (spark.read.text(str(landing), recursiveFileLookup=True, pathGlobFilter="*.jsonl")
                .withColumn("source", F.input_file_name()))
         parsed = spark_certify(EVENT, raw, keep=cols, slow_only=["source"])
-        return parsed.select(*cols, "_ok", F.col("value").alias("_line"), F.col("source").alias("_source")), "landing"
+        # the line as bytes: one that is not UTF-8 is rejected by `check_lines`, not failed on by Arrow's conversion
+        return parsed.select(*cols, "_ok", F.col("value").cast("binary").alias("_line"), F.col("source").alias("_source")), "landing"
     events, _, src, _ = read_events(spark, data_dir, cols)
-    return events.select(*cols, F.lit(True).alias("_ok"), *[F.lit(None).cast("string").alias(c) for c in ("_line", "_source")]), src
+    return events.select(*cols, F.lit(True).alias("_ok"), F.lit(None).cast("binary").alias("_line"), F.lit(None).cast("string").alias("_source")), src
 
 # %% ../nbs/06_batch.ipynb #674d7e8c
 _SESSION_FEATURES = [f for f in FEATURES if f.entity == "session"]

@@ -22,8 +22,8 @@ from pandas.api.types import infer_dtype, is_bool_dtype, is_float_dtype, is_inte
 # %% auto #0
 __all__ = ['DTYPES', 'MIN_TIME_MS', 'MAX_TIME_MS', 'EVENT_TYPES', 'PRODUCT_EVENTS', 'DEVICES', 'TRAFFIC_SOURCES', 'COUNTRY_RE',
            'EVENT', 'ORDER', 'ORDER_ITEM', 'RETURN_REASONS', 'RETURN', 'USER', 'PRICE_BANDS', 'PRODUCT', 'CONTRACTS',
-           'Field', 'RowRule', 'Validated', 'Contract', 'parse_json_lines', 'read_jsonl', 'write_rejected', 'utc_day',
-           'write_table', 'write_partitioned', 'read_table', 'spark_certify', 'spark_fast_path']
+           'Field', 'RowRule', 'Validated', 'Contract', 'line_text', 'parse_json_lines', 'read_jsonl', 'write_rejected',
+           'utc_day', 'write_table', 'write_partitioned', 'read_table', 'spark_certify', 'spark_fast_path']
 
 # %% ../nbs/01_contracts.ipynb #356bee5f
 DTYPES = ("string", "int64", "float64", "bool", "timestamp_ms")
@@ -373,8 +373,19 @@ PRODUCT = Contract("product", (
 CONTRACTS = {c.name: c for c in (EVENT, ORDER, ORDER_ITEM, RETURN, USER, PRODUCT)}
 
 # %% ../nbs/01_contracts.ipynb #a0f8f53d
+def line_text(line: bytes | str) -> str:
+    "A raw line as text (a dead letter's record): bytes that are not UTF-8 become U+FFFD, everything else is kept."
+    return line if isinstance(line, str) else line.decode("utf-8", "replace")
+
+def _not_json(line: bytes | str, e: Exception) -> str:
+    "Why a line is not JSON: bytes that are not UTF-8 (JSON text must be) are named by offset and byte, else orjson's message."
+    if not isinstance(line, str):
+        try: line.decode("utf-8")
+        except UnicodeDecodeError as u: return f"record: not valid UTF-8 (byte 0x{line[u.start]:02x} at offset {u.start}: {u.reason})"
+    return f"record: not valid JSON ({e})"
+
 def parse_json_lines(lines: Iterable[bytes | str], source: str = "<lines>") -> tuple[list[dict], list[str], pd.DataFrame]:
-    "Parse JSON lines: (records, their `source:line` labels, rejected rows for lines that are not JSON objects)."
+    "Parse JSON lines (bytes, or text): (records, their `source:line` labels, rejected rows for lines that are not UTF-8 JSON objects)."
     recs, srcs, bad = [], [], []
     for i, line in enumerate(lines, 1):
         line = line.rstrip(b"\r\n" if isinstance(line, bytes) else "\r\n")  # a dead letter keeps the record, not its line ending
@@ -383,10 +394,10 @@ def parse_json_lines(lines: Iterable[bytes | str], source: str = "<lines>") -> t
         try:
             obj = orjson.loads(line)
         except orjson.JSONDecodeError as e:
-            bad.append((line if isinstance(line, str) else line.decode("utf-8", "replace"), f"record: not valid JSON ({e})", where))
+            bad.append((line_text(line), _not_json(line, e), where))
             continue
         if not isinstance(obj, dict):
-            bad.append((line if isinstance(line, str) else line.decode(), f"record: expected a JSON object, got {type(obj).__name__}", where))
+            bad.append((line_text(line), f"record: expected a JSON object, got {type(obj).__name__}", where))
             continue
         recs.append(obj); srcs.append(where)
     rej = pd.DataFrame(bad, columns=["record", "reason", "source"])
@@ -469,9 +480,10 @@ def spark_certify(contract: Contract, raw, value_col: str = "value", keep=None, 
         "mode": "PERMISSIVE", "columnNameOfCorruptRecord": "_corrupt", "allowSingleQuotes": "false"}))
     c = lambda name: F.col(f"_r.{name}")
     v = F.col(value_col)
-    # Spark stops at the end of the object and ignores what follows: the line's first } must be its last byte (a byte
-    # search: instr/locate count characters and measured slower)
-    ok = [F.col("_r").isNotNull(), c("_corrupt").isNull(),
+    # bytes that are not UTF-8 reach the parser as U+FFFD: such a line is the validator's (it rejects it). Spark stops
+    # at the end of the object and ignores what follows: the line's first } must be its last byte (a byte search:
+    # instr/locate count characters and measured slower)
+    ok = [F.is_valid_utf8(v), F.col("_r").isNotNull(), c("_corrupt").isNull(),
           F.octet_length(F.substring_index(v, "}", 1)) == F.octet_length(v) - 1]
     for f in contract.fields:
         col = c(f.name)

@@ -146,13 +146,14 @@ def session_step(sid: str, part: int, st: SessionState | None, events: list[dict
 def validate_entries(ids: list[str], lines: list, arrivals: list[int] | None = None):
     """(valid frame: `EV_COLUMNS` + session_id + arrival_ms, rejected frame: id, record (the line as it came), reason), in entry order."""
     import pandas as pd
-    from propensity.contracts import EVENT, parse_json_lines
+    from propensity.contracts import EVENT, line_text, parse_json_lines
     arrivals = arrivals if arrivals is not None else [0] * len(ids)
-    text = [l.decode("utf-8", "replace") if isinstance(l, (bytes, bytearray, memoryview)) else ("" if l is None else str(l))
-            for l in (bytes(x) if isinstance(x, memoryview) else x for x in lines)]
-    empty = [i for i, l in enumerate(text) if not l.strip()]
-    keep = [i for i, l in enumerate(text) if l.strip()]
-    recs, srcs, bad = parse_json_lines([text[i] for i in keep], "")
+    # parsed as the bytes they are: an entry that is not UTF-8 is rejected as such (decoded, it would pass with U+FFFD)
+    raw = [b"" if l is None else bytes(l) if isinstance(l, (bytearray, memoryview)) else l if isinstance(l, (bytes, str))
+           else str(l) for l in lines]
+    empty = [i for i, l in enumerate(raw) if not l.strip()]
+    keep = [i for i, l in enumerate(raw) if l.strip()]
+    recs, srcs, bad = parse_json_lines([raw[i] for i in keep], "")
     pos = [keep[int(s.rsplit(":", 1)[1]) - 1] for s in srcs]      # entry index of each parsed record
     rej_rows = [(i, "record: empty stream entry (expected one JSON event)") for i in empty]
     rej_rows += [(keep[int(s.rsplit(":", 1)[1]) - 1], why) for why, s in zip(bad["reason"], bad["source"])]
@@ -169,7 +170,7 @@ def validate_entries(ids: list[str], lines: list, arrivals: list[int] | None = N
         valid = pd.DataFrame({c: pd.Series(dtype="float64" if c in ("price", "quantity") else ("int64" if c in ("event_time", "arrival_ms") else object))
                               for c in cols})
     rej_rows.sort()  # entry order; the dead letter keeps the entry's line exactly as it came
-    rejected = pd.DataFrame([(ids[i], text[i], why) for i, why in rej_rows], columns=["id", "record", "reason"])
+    rejected = pd.DataFrame([(ids[i], line_text(raw[i]), why) for i, why in rej_rows], columns=["id", "record", "reason"])
     return valid.reset_index(drop=True)[cols], rejected
 
 # %% ../nbs/17_streaming.ipynb #20b19de0

@@ -36,6 +36,12 @@ def tricky() -> list[bytes]:
     big = [{"event_time": 2**63}, {"event_time": -(2**63) - 1}, {"quantity": 2**64}, {"quantity": 10**30},
            {"user_id": 10**20}, {"price": 10**400}]
     lines += [json.dumps({**GOOD, **v, "event_id": f"e-big{i}"}).encode() for i, v in enumerate(big)]
+    # bytes that are not UTF-8 (JSON text must be): a Latin-1 byte, a truncated character, an encoded surrogate, a
+    # stray byte outside the object; and valid UTF-8 beyond ASCII, which stays valid
+    utf = orjson.dumps({**GOOD, "event_id": "e-utf", "brand": "Café Ünal", "search_query": "日本 🙂"})
+    lines += [utf, utf.replace(b"e-utf", b"e-latin1").replace("é".encode(), b"\xe9"),
+              utf.replace(b"e-utf", b"e-trunc8").replace("Ünal".encode(), b"\xc3"),
+              utf.replace(b"e-utf", b"e-surr").replace("🙂".encode(), b"\xed\xa0\xbd\xed\xb8\x82"), utf.replace(b"e-utf", b"e-ff") + b"\xff"]
     return lines
 
 
@@ -78,6 +84,9 @@ def test_tricky_records_get_the_same_verdicts_and_reasons(tmp_path, spark):
     assert got.loc["e31", "event_time"] == 1_709_539_200_000    # ... also for the time (1.7095392e12)
     assert got.loc["e14", "brand"] is None                      # an empty optional string is absent
     assert "e29" in got.index                                   # a quoted "user_id": 5 inside a string is fine
+    assert got.loc["e-utf", "brand"] == "Café Ünal" and got.loc["e-utf", "search_query"] == "日本 🙂"
+    utf8 = r[r["reason"].str.startswith("record: not valid UTF-8")]
+    assert len(utf8) == 4 and utf8["record"].str.contains("\ufffd").all(), utf8  # shown as U+FFFD in the dead letter
 
 
 def test_simulated_landing_zone_gets_the_same_verdicts(tmp_path, spark):

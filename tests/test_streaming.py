@@ -253,15 +253,21 @@ def test_file_source(world, tmp_path, redis_url, redis_client, spark):
     for f in files:
         (tmp_path / "events" / f.parent.name).mkdir(parents=True, exist_ok=True)
         shutil.copy(f, tmp_path / "events" / f.parent.name / f.name)
-    lines = [l.rstrip(b"\n") for f in files for l in f.read_bytes().splitlines() if l.strip()]
+    bad = malformed_ids(world)
+    # and a valid event of its own session, but for one byte that is not UTF-8 (a Latin-1 e acute in its session id)
+    first = tmp_path / "events" / files[0].parent.name / files[0].name
+    ev = next(orjson.loads(l) for l in first.read_bytes().splitlines() if not any(m.encode() in l for m in bad))
+    latin1 = orjson.dumps({**ev, "event_id": "latin1-0", "session_id": "latin1-s"}).replace(b"latin1-s", b"latin1-s\xe9")
+    first.write_bytes(first.read_bytes() + latin1 + b"\n")
+    lines = [l.rstrip(b"\n") for f in files for l in (tmp_path / "events" / f.parent.name / f.name).read_bytes().splitlines() if l.strip()]
     s = settings_for(redis_url, tmp_path, "files")
     out = run_stream(tmp_path, s, StreamConfig(source="files", lateness_minutes=600, state="sessions"), until_idle=True, spark=spark, progress=False)
     assert out["input_rows"] == len(lines) and out["late_dropped"] == 0
     dead = [json.loads(l) for f in StreamPaths.of(tmp_path).dead_letter_dir.glob("*.jsonl") for l in f.read_text().splitlines()]
-    bad = malformed_ids(world)
-    injected = [l for l in lines if any(m.encode() in l for m in bad)]
+    injected = [l for l in lines if any(m.encode() in l for m in bad)] + [latin1]
     assert len(dead) == out["rejected"] == len(injected)
-    assert sorted(d["record"].encode() for d in dead) == sorted(injected) and all(d["reason"] for d in dead)
+    assert sorted(d["record"] for d in dead) == sorted(l.decode("utf-8", "replace") for l in injected) and all(d["reason"] for d in dead)
+    assert [d["reason"] for d in dead if "latin1-0" in d["record"]][0].startswith("record: not valid UTF-8 (byte 0xe9 at offset")
     expected = batch_fold(world, lines)
     got = online_raw(redis_client, s.feast_project, sorted(expected))
     for sid, exp in expected.items():
