@@ -22,8 +22,9 @@ from pandas.api.types import infer_dtype, is_bool_dtype, is_float_dtype, is_inte
 # %% auto #0
 __all__ = ['DTYPES', 'MIN_TIME_MS', 'MAX_TIME_MS', 'EVENT_TYPES', 'PRODUCT_EVENTS', 'DEVICES', 'TRAFFIC_SOURCES', 'COUNTRY_RE',
            'EVENT', 'ORDER', 'ORDER_ITEM', 'RETURN_REASONS', 'RETURN', 'USER', 'PRICE_BANDS', 'PRODUCT', 'CONTRACTS',
-           'Field', 'RowRule', 'Validated', 'Contract', 'line_text', 'parse_json_lines', 'read_jsonl', 'write_rejected',
-           'utc_day', 'write_table', 'write_partitioned', 'read_table', 'spark_certify', 'spark_fast_path']
+           'Field', 'RowRule', 'Validated', 'Contract', 'json_exact', 'line_text', 'parse_json_lines', 'read_jsonl',
+           'write_rejected', 'utc_day', 'write_table', 'write_partitioned', 'read_table', 'spark_certify',
+           'spark_fast_path']
 
 # %% ../nbs/01_contracts.ipynb #356bee5f
 DTYPES = ("string", "int64", "float64", "bool", "timestamp_ms")
@@ -244,7 +245,7 @@ class Contract:
             # a dead letter keeps the record as it came (its keys in order, 2 not 2.0); rows of a frame lose their nulls
             rows = ([records[i] for i in np.flatnonzero(rej.to_numpy())] if records is not None else
                     [{k: v for k, v in rec.items() if not _isnull(v)} for rec in raw_rej.to_dict("records")])
-            recs = [_record_text(rec) for rec in rows]
+            recs = [json_exact(rec).decode() for rec in rows]
             src = (pd.Series(list(source), index=raw.index)[rej].astype(str).tolist() if source is not None
                    else [f"{self.name}[{i}]" for i in raw_rej.index])
             rejected = pd.DataFrame({"record": recs, "reason": reasons[rej].tolist(), "source": src})
@@ -253,12 +254,12 @@ class Contract:
                                      "source": pd.Series(dtype=object)})
         return Validated(self.name, valid, rejected, unknown)
 
-def _record_text(rec: dict) -> str:
-    "A dead letter's record as JSON text; one orjson cannot write (an integer past 64 bits, a lone surrogate) by the standard library, kept exactly, in ASCII."
-    try: return orjson.dumps(rec, default=str, option=orjson.OPT_SERIALIZE_NUMPY).decode()
+def json_exact(obj) -> bytes:
+    "JSON of a record as it came (a dead letter's, a collected event's): orjson, or the standard library for what orjson cannot write (an integer past 64 bits, a lone surrogate), exactly, in ASCII."
+    try: return orjson.dumps(obj, default=str, option=orjson.OPT_SERIALIZE_NUMPY)
     except TypeError:
         import json
-        return json.dumps(rec, default=str, ensure_ascii=True)
+        return json.dumps(obj, default=str, ensure_ascii=True).encode()
 
 def _isnull(v) -> bool:
     try: return v is None or (isinstance(v, float) and np.isnan(v)) or v is pd.NA

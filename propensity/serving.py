@@ -166,19 +166,13 @@ def split_events(events: list[dict]) -> tuple[list[int], list[tuple[int, str]]]:
         bad.update({int(s): r for s, r in zip(v.rejected["source"], v.rejected["reason"])})
     return [i for i in range(len(events)) if i not in bad], sorted(bad.items())
 
-def _dump(obj) -> bytes:
-    "JSON bytes; text that is not valid UTF-8 (a lone surrogate from a broken client) is kept as a `\\u` escape."
-    try: return orjson.dumps(obj)
-    except orjson.JSONEncodeError:
-        import json
-        return json.dumps(obj, ensure_ascii=True, default=str).encode()
-
 def collect(client, events: list[dict], stream: str) -> dict:
     "Validate `events` and append them to `stream` (valid) and its dead-letter stream (rejected, with reasons)."
+    from propensity.contracts import json_exact  # a lone surrogate from a broken client is kept as a `\u` escape
     from propensity.livestream import dead_letter_key, publish
     ok, bad = split_events(events)
-    if ok: publish(client, [_dump(events[i]) for i in ok], stream)
-    if bad: publish(client, [_dump({"record": events[i], "reason": r, "source": "collector"}) for i, r in bad],
+    if ok: publish(client, [json_exact(events[i]) for i in ok], stream)
+    if bad: publish(client, [json_exact({"record": events[i], "reason": r, "source": "collector"}) for i, r in bad],
                     dead_letter_key(stream))
     return {"accepted": len(ok), "rejected": [{"index": i, "reason": r} for i, r in bad], "stream": stream}
 
