@@ -20,14 +20,15 @@ import pyarrow as pa
 from pandas.api.types import infer_dtype, is_bool_dtype, is_float_dtype, is_integer_dtype
 
 # %% auto #0
-__all__ = ['DTYPES', 'MIN_TIME_MS', 'MAX_TIME_MS', 'EVENT_TYPES', 'PRODUCT_EVENTS', 'DEVICES', 'TRAFFIC_SOURCES', 'COUNTRY_RE',
-           'EVENT', 'ORDER', 'ORDER_ITEM', 'RETURN_REASONS', 'RETURN', 'USER', 'PRICE_BANDS', 'PRODUCT', 'CONTRACTS',
-           'Field', 'RowRule', 'Validated', 'Contract', 'json_exact', 'line_text', 'parse_json_lines', 'read_jsonl',
-           'write_rejected', 'utc_day', 'write_table', 'write_partitioned', 'read_table', 'spark_certify',
+__all__ = ['DTYPES', 'BLANK', 'MIN_TIME_MS', 'MAX_TIME_MS', 'EVENT_TYPES', 'PRODUCT_EVENTS', 'DEVICES', 'TRAFFIC_SOURCES',
+           'COUNTRY_RE', 'EVENT', 'ORDER', 'ORDER_ITEM', 'RETURN_REASONS', 'RETURN', 'USER', 'PRICE_BANDS', 'PRODUCT',
+           'CONTRACTS', 'Field', 'RowRule', 'Validated', 'Contract', 'json_exact', 'line_text', 'parse_json_lines',
+           'read_jsonl', 'write_rejected', 'utc_day', 'write_table', 'write_partitioned', 'read_table', 'spark_certify',
            'spark_fast_path']
 
 # %% ../nbs/01_contracts.ipynb #356bee5f
 DTYPES = ("string", "int64", "float64", "bool", "timestamp_ms")
+BLANK = " \t\n\r\f\v"  # a required string of only these (or empty) is rejected: the JVM's check reads the same set
 _ARROW = {"string": pa.string(), "int64": pa.int64(), "float64": pa.float64(),
           "bool": pa.bool_(), "timestamp_ms": pa.int64()}
 _PANDAS = {"string": object, "int64": "Int64", "float64": "float64", "bool": "boolean", "timestamp_ms": "Int64"}
@@ -39,7 +40,7 @@ class Field:
     "One column of a contract."
     name: str               # column name
     dtype: str              # one of DTYPES
-    required: bool = False  # null / missing is a rejection
+    required: bool = False  # null / missing is a rejection (and, for a string, a blank one)
     allowed: tuple | None = None  # closed set of values
     min: float | None = None      # inclusive lower bound (numeric)
     max: float | None = None      # inclusive upper bound (numeric)
@@ -67,7 +68,8 @@ class Field:
         t = type(v)
         if self.dtype == "string":
             if t is not str or self.min is not None or self.max is not None: return False, None
-            if v == "": return not self.required, None  # an empty optional string is absent; an empty required one: ask
+            if v == "": return not self.required, None  # an empty optional string is absent; a required one is rejected
+            if self.required and not v.strip(BLANK): return False, None  # blank: rejected
             if self.allowed is not None and v not in self.allowed: return False, None
             if self.pattern is not None and re.fullmatch(self.pattern, v) is None: return False, None
             return True, v
@@ -119,6 +121,11 @@ class Validated:
 
 def _is_num(v) -> bool:
     return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+
+def _blank(col: pd.Series) -> pd.Series:
+    "True where a string column's value is empty or only ASCII whitespace."
+    s = col.where(col.notna(), "x")
+    return s.map(lambda v: not v.strip(BLANK)).astype(bool)
 
 def _typed(f: Field, col: pd.Series) -> tuple[pd.Series, pd.Series]:
     "Column converted to `f`'s type, and a mask of non-null values that could not be converted."
@@ -223,6 +230,10 @@ class Contract:
             fail(bad, vals[bad].map(lambda v: f"{f.name}={v!r}: expected {f.expected()}"))
             present = col.notna() & ~bad
             if f.required: fail(~present & ~bad, f"{f.name}: missing (required)")
+            if f.required and f.dtype == "string":  # an id of '' or '  ' names nothing
+                blank = present & _blank(col)
+                fail(blank, vals[blank].map(lambda v: f"{f.name}={v!r}: expected a non-blank string (required)"))
+                present &= ~blank
             chk = pd.Series(False, index=raw.index)
             if f.allowed is not None: chk |= present & ~col.isin(f.allowed)
             if f.pattern is not None:
@@ -469,6 +480,7 @@ def _spark_parse_schema(contract: Contract):
 # what Spark makes of a number, true/false, an object or an array in a string field starts with one of these or is
 # one of these words (a superset: +, . and the non-numeric numbers' words are included whatever their form)
 _NOT_STRING_START = [ord(ch) for ch in "0123456789-+.{[\""]
+_BLANK_START = [ord(ch) for ch in BLANK]
 _NOT_STRING_WORDS = ("true", "false", "NaN", "INF", "Infinity")
 
 def spark_certify(contract: Contract, raw, value_col: str = "value", keep=None, slow_only: Sequence[str] = ()):
@@ -491,8 +503,8 @@ def spark_certify(contract: Contract, raw, value_col: str = "value", keep=None, 
         if f.dtype == "string":  # a number, true/false, an object or an array that Spark turned into text
             a = F.ascii(col)
             ok.append(col.isNull() | (~a.isin(*_NOT_STRING_START) & ~col.isin(*_NOT_STRING_WORDS)))
-        if f.required:
-            ok.append(col.isNotNull() & ((col != "") if f.dtype == "string" else F.lit(True)))
+        if f.required:  # a string that is empty or starts with whitespace is the validator's (it rejects a blank one)
+            ok.append(col.isNotNull() & ((col != "") & ~a.isin(*_BLANK_START) if f.dtype == "string" else F.lit(True)))
         if f.allowed is not None: ok.append(col.isNull() | col.isin(*f.allowed))
         if f.pattern is not None:  # \z: Java's $ also matches before a final line break ("DE\n" is not a country)
             ok.append(col.isNull() | col.rlike(f"^(?:{f.pattern})\\z"))

@@ -27,6 +27,8 @@ def tricky() -> list[bytes]:
         {"quantity": 0}, {"event_type": "page_view", "product_id": None, "price": None, "quantity": None},
         {"search_query": 'say "user_id": 5 loudly'}, {"price": 1e308}, {"event_time": 1.7095392e12},
         {"country": "DE\n"}, {"country": "\nDE"},
+        # blank required ids are rejected; whitespace around a name, or a non-ASCII space, is kept as it came
+        {"session_id": "  "}, {"anonymous_id": "\t"}, {"session_id": " s1"}, {"session_id": "\u00a0"},
     ]
     lines = [orjson.dumps({**GOOD, **v, "event_id": v.get("event_id", f"e{i}")}) for i, v in enumerate(variants)]
     no_key = dict(GOOD, event_id="e-nokey"); del no_key["device"]
@@ -77,11 +79,14 @@ def test_tricky_records_get_the_same_verdicts_and_reasons(tmp_path, spark):
     assert 10 < len(v) and 15 < len(r)  # both outcomes are exercised
     reasons = " | ".join(r["reason"])
     for s in ("user_id=123: expected a string", "price='9.99': expected a number", "quantity=1.5: expected an integer",
-              "price='NaN'", "country='de'", "country='DE\\n'", "record: not valid JSON", "record: expected a JSON object"):
+              "price='NaN'", "country='de'", "country='DE\\n'", "record: not valid JSON", "record: expected a JSON object",
+              "event_id='': expected a non-blank string (required)", "session_id='  ': expected a non-blank string",
+              "anonymous_id='\\t': expected a non-blank"):
         assert s in reasons, s
     got = v.set_index("event_id")
     assert got.loc["e7", "quantity"] == 2                      # an integral float is an integer
     assert got.loc["e31", "event_time"] == 1_709_539_200_000    # ... also for the time (1.7095392e12)
+    assert got.loc["e36", "session_id"] == " s1" and got.loc["e37", "session_id"] == "\u00a0"
     assert got.loc["e14", "brand"] is None                      # an empty optional string is absent
     assert "e29" in got.index                                   # a quoted "user_id": 5 inside a string is fine
     assert got.loc["e-utf", "brand"] == "Café Ünal" and got.loc["e-utf", "search_query"] == "日本 🙂"
