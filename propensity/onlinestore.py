@@ -177,10 +177,10 @@ def _spawn(d: Path, port: int, detached: bool, timeout: float):
         if detached and pid is not None and _pid_alive(pid): os.kill(pid, signal.SIGKILL)
         raise
 
-def _start(d: Path, port: int | None, detached: bool, timeout: float, attempts: int = 5):
-    "`_spawn` on `port`, or on a free port, trying another one if a concurrent process took it first. Returns (port, pid, proc)."
+def _start(d: Path, port: int | None, detached: bool, timeout: float, attempts: int = 5, prefer: int | None = None):
+    "`_spawn` on `port`, or on `prefer` if it is free, else on a free port, trying another one if a concurrent process took it first. Returns (port, pid, proc)."
     for i in range(attempts):
-        p = port if port is not None else _free_port()
+        p = port if port is not None else prefer if i == 0 and prefer else _free_port()
         try: return (p, *_spawn(d, p, detached, timeout))
         except _StartFailed as e:
             if port is not None or not e.port_in_use or i == attempts - 1: raise
@@ -310,7 +310,9 @@ def ensure_online_store(settings: Settings, *, timeout: float = 30.0) -> str:
                                        "owned by another process; stop it first")
             pid, port, url = found["pid"], found["port"], found["url"]
         else:
-            port, pid, _ = _start(d, None, True, timeout)
+            # the port of the last start when it is free: a restarted store keeps its URL, so a running service
+            # (or anything else that read the URL) finds it again
+            port, pid, _ = _start(d, None, True, timeout, prefer=_read_conf(d).get("port"))
             url = _url(port)
         _write_record(d, dict(pid=pid, port=port, url=url, data_dir=str(d), log=str(d / _LOG),
                               started_at=datetime.now(timezone.utc).isoformat(timespec="seconds")))

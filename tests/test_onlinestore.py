@@ -278,10 +278,19 @@ def test_stop_online_store(store_settings):
     assert (st["alive"], st["pid"], st["keys"]) == (False, None, None)
     assert stop_online_store(s) is False
 
-    # the next start is a new process that still has the data
+    # the next start is a new process that still has the data, on the same port (a running service finds it again)
     url2 = ensure_online_store(s)
-    assert record(s)["pid"] != rec["pid"]
+    assert record(s)["pid"] != rec["pid"] and url2 == url
     assert redis_client(url2).get(b"kept") == b"yes"
+
+    # when something else took the port meanwhile, the store starts on another one
+    assert stop_online_store(s) is True
+    with socket.socket() as taken:
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # the closed server's port may be in TIME_WAIT
+        taken.bind(("127.0.0.1", rec["port"])); taken.listen()
+        url3 = ensure_online_store(s)
+        assert url3 != url and redis_client(url3).get(b"kept") == b"yes"
+    assert stop_online_store(s) is True
 
 
 def test_external_redis_url_starts_nothing(tmp_path, redis_url):
