@@ -242,7 +242,7 @@ def cmd_train_table(args, settings: Settings) -> int:
     src = Path(args.data)
     if not src.exists(): raise UsageError(f"--data={args.data!r}: no such file")
     try: train_table(src, args.label, args.out, trials=args.trials, timeout_s=args.timeout)
-    except (ValueError, KeyError) as e: raise UsageError(str(e).strip('"')) from None
+    except (ValueError, KeyError, OSError) as e: raise UsageError(str(e).strip('"')) from None
     return 0
 
 def cmd_predict(args, settings: Settings) -> int:
@@ -250,7 +250,7 @@ def cmd_predict(args, settings: Settings) -> int:
     for flag, v in (("--model", args.model), ("--data", args.data)):
         if not Path(v).exists(): raise UsageError(f"{flag}={v!r}: no such file or folder")
     try: out = predict_table(args.model, args.data, args.out)
-    except (ValueError, KeyError) as e: raise UsageError(str(e).strip('"')) from None
+    except (ValueError, KeyError, OSError) as e: raise UsageError(str(e).strip('"')) from None  # OSError: a model folder without its files, an --out that cannot be written
     print(f"scores written to {out}")
     return 0
 

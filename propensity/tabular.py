@@ -11,6 +11,7 @@ import json
 import math
 import re
 import time
+from decimal import Decimal
 from pathlib import Path
 
 import lightgbm as lgb
@@ -27,7 +28,7 @@ from .train import Encoder, TrainConfig, fit_booster, search
 # %% auto #0
 __all__ = ['MIN_CLASS_ROWS', 'SPLIT', 'ISOTONIC_MIN_ROWS', 'MODEL_FILES', 'table_format', 'read_any', 'write_any', 'parse_label',
            'check_classes', 'column_roles', 'model_names', 'model_frame', 'split_rows', 'keep_platt_when_few_rows',
-           'train_table', 'TableModel', 'load_table_model', 'predict_table', 'synthetic_sessions']
+           'train_table', 'TableModel', 'load_table_model', 'unknown_levels', 'predict_table', 'synthetic_sessions']
 
 # %% ../nbs/15_tabular.ipynb #d98d39fa
 _CSV = (".csv", ".csv.gz", ".csv.bz2", ".csv.xz", ".csv.zip")
@@ -40,7 +41,9 @@ def table_format(path: str | Path) -> str | None:
     return "csv" if name.endswith(_CSV) else "parquet" if name.endswith(_PARQUET) else None
 
 def _read_one(p: Path, fmt: str) -> pd.DataFrame:
-    return pd.read_csv(p) if fmt == "csv" else pd.read_parquet(p)
+    # low_memory=False: a big file's column is typed from all its rows, not chunk by chunk (which mixes ints and text)
+    try: return pd.read_csv(p, low_memory=False) if fmt == "csv" else pd.read_parquet(p)
+    except UnicodeDecodeError as e: raise ValueError(f"{p}: not UTF-8 text ({e}); save it as UTF-8") from None
 
 def read_any(path: str | Path) -> pd.DataFrame:
     "A CSV or Parquet file (by suffix) or a folder of them (concatenated in name order) as one DataFrame, rows in file order."
@@ -56,7 +59,14 @@ def read_any(path: str | Path) -> pd.DataFrame:
     if bad: raise ValueError(f"{p}: unsupported entries {bad[:5]}; expected only .csv or only .parquet files")
     if not files: raise ValueError(f"{p}: the folder holds no data files; expected {_EXPECTED}")
     if len(set(fmts.values())) > 1: raise ValueError(f"{p}: mixes CSV and Parquet files; keep one format per folder")
-    return pd.concat([_read_one(f, k) for f, k in fmts.items()], ignore_index=True)
+    parts = [_read_one(f, k) for f, k in fmts.items()]
+    first = list(parts[0].columns)
+    for f, part in zip(files[1:], parts[1:]):  # a part without a column would fill it with missing values unseen
+        lacks, extra = [c for c in first if c not in part.columns], [c for c in part.columns if c not in first]
+        if lacks or extra:
+            raise ValueError(f"{f}: its columns differ from {files[0].name}'s (lacks {lacks}, extra {extra}); "
+                             "every file of a folder needs the same columns")
+    return pd.concat(parts, ignore_index=True)
 
 def write_any(df: pd.DataFrame, path: str | Path) -> Path:
     "Write `df` (without its index) as CSV or Parquet by the suffix of `path`; parent folders are created."
@@ -95,6 +105,12 @@ def _is_text_like(s: pd.Series) -> bool:
     return (pd.api.types.is_object_dtype(s) or pd.api.types.is_string_dtype(s) or isinstance(s.dtype, pd.CategoricalDtype)
             or pd.api.types.is_bool_dtype(s))
 
+def _is_decimal(s: pd.Series) -> bool:
+    "An object column of decimal.Decimal values (a Parquet decimal column): numbers, not text."
+    if not pd.api.types.is_object_dtype(s): return False
+    v = s.dropna()
+    return len(v) > 0 and all(isinstance(x, Decimal) for x in v)
+
 def column_roles(df: pd.DataFrame, label: str, id_columns=None) -> dict:
     "Split the columns of `df` other than `label` into `numeric` and `categorical` features (table order) and `dropped` columns (name -> reason)."
     if label not in df.columns:
@@ -103,12 +119,16 @@ def column_roles(df: pd.DataFrame, label: str, id_columns=None) -> dict:
     missing = [c for c in ids if c not in df.columns]
     if missing: raise ValueError(f"id_columns {missing} not in the table; its columns are {list(df.columns)}")
     if label in ids: raise ValueError(f"label column {label!r} is also listed in id_columns")
+    if "score" in df.columns and "score" not in ids and label != "score":
+        raise ValueError("column 'score': predict writes its probabilities to a column of that name, so a model cannot "
+                         "read it as a feature; rename it (or drop it) before training")
     numeric, categorical, dropped = [], [], {}
     for c in df.columns:
         if c == label: continue
         s = df[c]
         if c in ids: dropped[c] = "id column (given)"
         elif s.isna().all(): dropped[c] = "no values"
+        elif _is_decimal(s): numeric.append(c)
         elif _is_text_like(s) and not pd.api.types.is_bool_dtype(s) and s.notna().all() and s.nunique() == len(s):
             dropped[c] = f"id-like: all {len(s)} values distinct"
         elif _is_text_like(s): categorical.append(c)
@@ -130,6 +150,8 @@ def _as_text(s: pd.Series) -> pd.Series:
     return pd.Series(out, index=s.index, dtype=object)
 
 def _as_numbers(s: pd.Series, col: str) -> pd.Series:
+    if pd.api.types.is_datetime64_any_dtype(s) or pd.api.types.is_timedelta64_dtype(s):  # to_numeric: nanoseconds
+        raise ValueError(f"column {col!r}: expected numbers, found {s.dtype} values")
     if pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s): return s.astype("float64")
     x = pd.to_numeric(s, errors="coerce")
     bad = s.notna() & x.isna()
@@ -201,6 +223,8 @@ def train_table(data: str | Path, label: str, out: str | Path, *, trials: int = 
     if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not timeout_s > 0:
         raise ValueError(f"timeout_s={timeout_s!r}: expected a positive number of seconds")
     cfg = TrainConfig(n_trials=int(trials), timeout_s=float(timeout_s), seed=int(seed), max_rounds=1000, early_stopping=50)
+    o = Path(out)
+    if o.exists() and not o.is_dir(): raise ValueError(f"out={str(out)!r}: a file is there; expected a model folder (new or existing)")
     df = read_any(data)
     _say(f"read {len(df):,} rows x {df.shape[1]} columns from {data}")
     roles = column_roles(df, label, id_columns)
@@ -249,7 +273,7 @@ def train_table(data: str | Path, label: str, out: str | Path, *, trials: int = 
         "params": best, "rounds": int(booster.best_iteration), "calibrator": calibrator.kind, "warnings": warnings,
         "versions": {"propensity": __version__, "lightgbm": lgb.__version__},
         "files": list(MODEL_FILES), "seconds": None}
-    o = Path(out); o.mkdir(parents=True, exist_ok=True)
+    o.mkdir(parents=True, exist_ok=True)
     booster.save_model(str(o / "model.txt"))
     _write_json(o / "encoder.json", {**enc.to_dict(), "model_names": names})
     _write_json(o / "calibration.json", calibrator.to_dict())
@@ -290,12 +314,30 @@ def load_table_model(model: str | Path) -> TableModel:
     d = Path(model)
     missing = [f for f in MODEL_FILES if not (d / f).is_file()]
     if missing: raise FileNotFoundError(f"{d}: not a train-table model folder (missing {', '.join(missing)})")
-    manifest = json.loads((d / "manifest.json").read_text())
-    if manifest.get("kind") != "propensity-tabular":
-        raise ValueError(f"{d}/manifest.json: kind {manifest.get('kind')!r}, expected 'propensity-tabular'")
-    e = json.loads((d / "encoder.json").read_text())
-    cal = calibrator_from_dict(json.loads((d / "calibration.json").read_text()))
-    return TableModel(lgb.Booster(model_file=str(d / "model.txt")), Encoder.from_dict(e), e["model_names"], cal, manifest)
+    def read(name: str) -> dict:
+        try: return json.loads((d / name).read_text())
+        except (ValueError, UnicodeDecodeError) as e: raise ValueError(f"{d}/{name}: not valid JSON ({e}); the model folder is damaged") from None
+    manifest = read("manifest.json")
+    if not isinstance(manifest, dict) or manifest.get("kind") != "propensity-tabular":
+        raise ValueError(f"{d}/manifest.json: kind {manifest.get('kind') if isinstance(manifest, dict) else None!r}, expected 'propensity-tabular'")
+    e, c = read("encoder.json"), read("calibration.json")
+    try:
+        booster, enc, cal = lgb.Booster(model_file=str(d / "model.txt")), Encoder.from_dict(e), calibrator_from_dict(c)
+        return TableModel(booster, enc, e["model_names"], cal, manifest)
+    except (lgb.basic.LightGBMError, KeyError, TypeError, ValueError) as x:
+        raise ValueError(f"{d}: the model folder is damaged ({type(x).__name__}: {str(x).strip()[:200]}); train it again") from None
+
+def unknown_levels(enc: Encoder, df: pd.DataFrame) -> list[str]:
+    "A warning per categorical column of `df` none of whose values the model knows (they all score as missing: a column in another form, e.g. 1/0 for True/False)."
+    out = []
+    for c, known in enc.categories.items():
+        if c not in df.columns: continue
+        v = _as_text(df[c]).dropna()
+        if len(v) and not v.isin(known).any():
+            out.append(f"column {c!r}: none of its {len(v):,} values is a level the model knows (e.g. "
+                       f"{', '.join(map(repr, pd.unique(v)[:3]))}; known: {', '.join(map(repr, known[:5]))}"
+                       f"{', ...' if len(known) > 5 else ''}); they all score as missing")
+    return out
 
 def predict_table(model: str | Path, data: str | Path, out: str | Path) -> Path:
     "Score every row of table `data` with model folder `model`; write the input columns plus `score` (input order) to `out` (.csv or .parquet)."
@@ -303,7 +345,9 @@ def predict_table(model: str | Path, data: str | Path, out: str | Path) -> Path:
     m = load_table_model(model)
     df = read_any(data)
     if "score" in df.columns: raise ValueError(f"{data}: the input already has a 'score' column; rename or drop it first")
-    p = write_any(df.assign(score=m.predict(df)), out)
+    scores = m.predict(df)
+    for w in unknown_levels(m.encoder, df): print(f"[predict] warning: {w}", flush=True)
+    p = write_any(df.assign(score=scores), out)
     print(f"[predict] scored {len(df):,} rows of {data} with {model} -> {p}", flush=True)
     return p
 
