@@ -21,10 +21,10 @@ from pandas.api.types import infer_dtype, is_bool_dtype, is_float_dtype, is_inte
 
 # %% auto #0
 __all__ = ['DTYPES', 'BLANK', 'MIN_TIME_MS', 'MAX_TIME_MS', 'EVENT_TYPES', 'PRODUCT_EVENTS', 'DEVICES', 'TRAFFIC_SOURCES',
-           'COUNTRY_RE', 'EVENT', 'ORDER', 'ORDER_ITEM', 'RETURN_REASONS', 'RETURN', 'USER', 'PRICE_BANDS', 'PRODUCT',
-           'CONTRACTS', 'Field', 'RowRule', 'Validated', 'Contract', 'json_exact', 'line_text', 'parse_json_lines',
-           'read_jsonl', 'write_rejected', 'utc_day', 'write_table', 'write_partitioned', 'read_table', 'spark_certify',
-           'spark_fast_path']
+           'COUNTRY_RE', 'ID_CHARS', 'URL_CHARS', 'EVENT', 'ORDER', 'ORDER_ITEM', 'RETURN_REASONS', 'RETURN', 'USER',
+           'PRICE_BANDS', 'PRODUCT', 'CONTRACTS', 'Field', 'RowRule', 'Validated', 'shown', 'Contract', 'json_exact',
+           'line_text', 'parse_json_lines', 'read_jsonl', 'write_rejected', 'utc_day', 'write_table',
+           'write_partitioned', 'read_table', 'spark_certify', 'spark_fast_path']
 
 # %% ../nbs/01_contracts.ipynb #356bee5f
 DTYPES = ("string", "int64", "float64", "bool", "timestamp_ms")
@@ -46,6 +46,7 @@ class Field:
     max: float | None = None      # inclusive upper bound (numeric)
     pattern: str | None = None    # regex a string must match in full
     doc: str = ""
+    max_length: int | None = None  # most characters a string may have
 
     def __post_init__(self):
         if self.dtype not in DTYPES:
@@ -57,6 +58,7 @@ class Field:
                 "timestamp_ms": "UTC milliseconds since the epoch (integer)"}[self.dtype]
         if self.allowed is not None: kind = f"one of {', '.join(map(str, self.allowed))}"
         if self.pattern is not None: kind += f" matching {self.pattern}"
+        if self.max_length is not None: kind += f" of at most {self.max_length:,} characters"
         if self.min is not None and self.max is not None: kind += f" in [{self.min:g}, {self.max:g}]"
         elif self.min is not None: kind += f" >= {self.min:g}"
         elif self.max is not None: kind += f" <= {self.max:g}"
@@ -72,6 +74,7 @@ class Field:
             if self.required and not v.strip(BLANK): return False, None  # blank: rejected
             if self.allowed is not None and v not in self.allowed: return False, None
             if self.pattern is not None and re.fullmatch(self.pattern, v) is None: return False, None
+            if self.max_length is not None and len(v) > self.max_length: return False, None
             return True, v
         if self.dtype == "bool":
             return (t is bool and self.allowed is None and self.pattern is None and self.min is None and self.max is None), (v if t is bool else None)
@@ -121,6 +124,12 @@ class Validated:
 
 def _is_num(v) -> bool:
     return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+
+def shown(v, limit: int = 60) -> str:
+    "`repr(v)` for a rejection reason; a long text is cut, with its length, so a megabyte value does not become a megabyte reason."
+    r = repr(v)
+    if len(r) <= limit: return r
+    return r[:limit] + f"... ({len(v):,} characters)" if isinstance(v, str) else r[:limit] + "..."
 
 def _blank(col: pd.Series) -> pd.Series:
     "True where a string column's value is empty or only ASCII whitespace."
@@ -227,21 +236,22 @@ class Contract:
                 continue
             col, bad = _typed(f, raw[f.name])
             vals = raw[f.name]
-            fail(bad, vals[bad].map(lambda v: f"{f.name}={v!r}: expected {f.expected()}"))
+            fail(bad, vals[bad].map(lambda v: f"{f.name}={shown(v)}: expected {f.expected()}"))
             present = col.notna() & ~bad
             if f.required: fail(~present & ~bad, f"{f.name}: missing (required)")
             if f.required and f.dtype == "string":  # an id of '' or '  ' names nothing
                 blank = present & _blank(col)
-                fail(blank, vals[blank].map(lambda v: f"{f.name}={v!r}: expected a non-blank string (required)"))
+                fail(blank, vals[blank].map(lambda v: f"{f.name}={shown(v)}: expected a non-blank string (required)"))
                 present &= ~blank
             chk = pd.Series(False, index=raw.index)
             if f.allowed is not None: chk |= present & ~col.isin(f.allowed)
             if f.pattern is not None:
                 chk |= present & ~col.where(present, "").astype(str).str.fullmatch(f.pattern)
+            if f.max_length is not None: chk |= present & (col.where(present, "").astype(str).str.len() > f.max_length)
             if f.min is not None: chk |= present & (col.astype("float64") < f.min)
             if f.max is not None: chk |= present & (col.astype("float64") > f.max)
             chk = chk.fillna(False).astype(bool)
-            fail(chk, vals[chk].map(lambda v: f"{f.name}={v!r}: expected {f.expected()}"))
+            fail(chk, vals[chk].map(lambda v: f"{f.name}={shown(v)}: expected {f.expected()}"))
             out[f.name] = col
         typed = pd.DataFrame(out, index=raw.index)
         clean = reasons == ""
@@ -283,6 +293,7 @@ PRODUCT_EVENTS = ("product_view", "add_to_cart", "remove_from_cart", "purchase")
 DEVICES = ("desktop", "mobile", "tablet")
 TRAFFIC_SOURCES = ("direct", "organic", "paid", "email", "social", "affiliate")
 COUNTRY_RE = r"[A-Z]{2}"
+ID_CHARS, URL_CHARS = 128, 2048  # longest id and page / referrer an event may carry (a megabyte 'page' is not a page)
 _ID = dict(dtype="string")
 
 def _needs(field_name: str, types: tuple) -> RowRule:
@@ -293,23 +304,23 @@ def _needs(field_name: str, types: tuple) -> RowRule:
                    lambda t: t["event_type"] not in types or t[field_name] is not None)
 
 EVENT = Contract("event", (
-    Field("event_id", "string", required=True, doc="Unique id of the event (duplicates are the same event delivered twice)."),
+    Field("event_id", "string", required=True, max_length=ID_CHARS, doc="Unique id of the event (duplicates are the same event delivered twice)."),
     Field("event_type", "string", required=True, allowed=EVENT_TYPES, doc="What happened."),
     Field("event_time", "timestamp_ms", required=True, min=MIN_TIME_MS, max=MAX_TIME_MS, doc="When it happened, UTC ms."),
-    Field("user_id", "string", doc="Logged-in customer id; null when anonymous."),
-    Field("anonymous_id", "string", required=True, doc="Stable device / cookie id."),
-    Field("session_id", "string", required=True, doc="Session the event belongs to."),
-    Field("product_id", "string", doc="Product, for product events."),
-    Field("category", "string", doc="Category path, e.g. electronics.audio.headphones."),
-    Field("brand", "string", doc="Brand of the product."),
+    Field("user_id", "string", max_length=ID_CHARS, doc="Logged-in customer id; null when anonymous."),
+    Field("anonymous_id", "string", required=True, max_length=ID_CHARS, doc="Stable device / cookie id."),
+    Field("session_id", "string", required=True, max_length=ID_CHARS, doc="Session the event belongs to."),
+    Field("product_id", "string", max_length=ID_CHARS, doc="Product, for product events."),
+    Field("category", "string", max_length=256, doc="Category path, e.g. electronics.audio.headphones."),
+    Field("brand", "string", max_length=256, doc="Brand of the product."),
     Field("price", "float64", min=0, max=1_000_000, doc="Unit price in EUR."),
     Field("quantity", "int64", min=1, max=1000, doc="Units (cart and purchase events)."),
-    Field("search_query", "string", doc="Query text, for search events."),
+    Field("search_query", "string", max_length=1024, doc="Query text, for search events."),
     Field("device", "string", allowed=DEVICES, doc="Device class."),
     Field("country", "string", pattern=COUNTRY_RE, doc="ISO 3166-1 alpha-2 country of the shopper."),
     Field("traffic_source", "string", allowed=TRAFFIC_SOURCES, doc="Acquisition channel of the session."),
-    Field("referrer", "string", doc="Referring host or campaign."),
-    Field("page", "string", doc="Page path."),
+    Field("referrer", "string", max_length=URL_CHARS, doc="Referring host or campaign."),
+    Field("page", "string", max_length=URL_CHARS, doc="Page path."),
 ), rules=(
     _needs("product_id", PRODUCT_EVENTS),
     _needs("price", ("add_to_cart", "purchase")),
@@ -508,6 +519,7 @@ def spark_certify(contract: Contract, raw, value_col: str = "value", keep=None, 
         if f.allowed is not None: ok.append(col.isNull() | col.isin(*f.allowed))
         if f.pattern is not None:  # \z: Java's $ also matches before a final line break ("DE\n" is not a country)
             ok.append(col.isNull() | col.rlike(f"^(?:{f.pattern})\\z"))
+        if f.max_length is not None: ok.append(col.isNull() | (F.char_length(col) <= f.max_length))
         if f.dtype == "float64": ok.append(col.isNull() | (~F.isnan(col) & (F.abs(col) < float("inf"))))
         if f.min is not None: ok.append(col.isNull() | (col >= f.min))
         if f.max is not None: ok.append(col.isNull() | (col <= f.max))

@@ -29,6 +29,9 @@ def tricky() -> list[bytes]:
         {"country": "DE\n"}, {"country": "\nDE"},
         # blank required ids are rejected; whitespace around a name, or a non-ASCII space, is kept as it came
         {"session_id": "  "}, {"anonymous_id": "\t"}, {"session_id": " s1"}, {"session_id": "\u00a0"},
+        # text ceilings count characters, not bytes: 256 two-byte letters are a valid brand, 257 are not
+        {"page": "/" + "x" * 2047}, {"page": "/" + "y" * 2048}, {"session_id": "s" * 129}, {"brand": "é" * 256},
+        {"brand": "é" * 257},
     ]
     lines = [orjson.dumps({**GOOD, **v, "event_id": v.get("event_id", f"e{i}")}) for i, v in enumerate(variants)]
     no_key = dict(GOOD, event_id="e-nokey"); del no_key["device"]
@@ -81,12 +84,14 @@ def test_tricky_records_get_the_same_verdicts_and_reasons(tmp_path, spark):
     for s in ("user_id=123: expected a string", "price='9.99': expected a number", "quantity=1.5: expected an integer",
               "price='NaN'", "country='de'", "country='DE\\n'", "record: not valid JSON", "record: expected a JSON object",
               "event_id='': expected a non-blank string (required)", "session_id='  ': expected a non-blank string",
-              "anonymous_id='\\t': expected a non-blank"):
+              "anonymous_id='\\t': expected a non-blank", "(2,049 characters): expected a string of at most 2,048",
+              "(129 characters): expected a string of at most 128", "(257 characters): expected a string of at most 256"):
         assert s in reasons, s
     got = v.set_index("event_id")
     assert got.loc["e7", "quantity"] == 2                      # an integral float is an integer
     assert got.loc["e31", "event_time"] == 1_709_539_200_000    # ... also for the time (1.7095392e12)
     assert got.loc["e36", "session_id"] == " s1" and got.loc["e37", "session_id"] == "\u00a0"
+    assert len(got.loc["e38", "page"]) == 2048 and got.loc["e41", "brand"] == "é" * 256
     assert got.loc["e14", "brand"] is None                      # an empty optional string is absent
     assert "e29" in got.index                                   # a quoted "user_id": 5 inside a string is fine
     assert got.loc["e-utf", "brand"] == "Café Ünal" and got.loc["e-utf", "search_query"] == "日本 🙂"
