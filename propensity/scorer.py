@@ -460,7 +460,9 @@ class Scorer:
         return {"session_id": req.get("session_id"), "probability": p, "raw_score": raw, "band": band,
                 "action": pol.decide(band, cart, degraded is not None), "model_version": mb.version,
                 "degraded": degraded is not None, "degraded_reason": degraded,
-                "feature_age_s": None if st is None else max(now_ms - st, 0) / 1000,
+                # as of an explicit `at_ms` before the stored state, the age is negative: the features hold later events
+                # (without it, a state a little ahead of this clock is a skewed client clock: age 0)
+                "feature_age_s": None if st is None else (now_ms - st if req.get("at_ms") else max(now_ms - st, 0)) / 1000,
                 "missing": list(missing), "scored_at_ms": now_ms, "contributions": None}
 
     def finish(self, req: Mapping, replies: Sequence, now_ms: int | None = None, mb: ModelBundle | None = None,

@@ -30,10 +30,11 @@ from .config import ConfigError, Settings
 if TYPE_CHECKING: from propensity.scorer import ModelBundle  # imported where used (the scorer loads LightGBM)
 
 # %% auto #0
-__all__ = ['DEV_KEY', 'ROUTES', 'log', 'ServingConfig', 'key_ok', 'ScoreRequest', 'BatchRequest', 'Action', 'Contribution',
-           'ScoreResponse', 'BatchResponse', 'EventsRequest', 'Rejected', 'EventsResponse', 'validation_errors',
-           'split_events', 'collect', 'collector_pool', 'Metrics', 'fast_route', 'RespPool', 'RemoteModel',
-           'score_many', 'create_app', 'load_model_dir', 'sagemaker_app', 'cmd_serve', 'register_cli', 'run_demo']
+__all__ = ['DEV_KEY', 'MAX_EVENTS', 'MAX_BODY', 'MAX_BODY_OTHER', 'ROUTES', 'log', 'ServingConfig', 'key_ok', 'ScoreRequest',
+           'BatchRequest', 'Action', 'Contribution', 'ScoreResponse', 'BatchResponse', 'EventsRequest', 'Rejected',
+           'EventsResponse', 'validation_errors', 'BodyError', 'parse_events_body', 'split_events', 'collect',
+           'collector_pool', 'Metrics', 'fast_route', 'RespPool', 'RemoteModel', 'score_many', 'create_app',
+           'load_model_dir', 'sagemaker_app', 'cmd_serve', 'register_cli', 'run_demo']
 
 # %% ../nbs/19_serving.ipynb #bc7555ae
 DEV_KEY = "demo-key"  # ONLY for `propensity serve --demo` on loopback; never accepted otherwise
@@ -80,19 +81,25 @@ def key_ok(given: str | None, keys: tuple[str, ...]) -> bool:
     return ok
 
 # %% ../nbs/19_serving.ipynb #41db3fb0
-_ID = dict(min_length=1, max_length=128)
+from .contracts import COUNTRY_RE, DEVICES, ID_CHARS, TRAFFIC_SOURCES
+
+_ID = dict(min_length=1, max_length=ID_CHARS)
+MAX_EVENTS = 1000  # events in one POST /v1/events
+# the largest request body per route (bytes): a 300 MB body is refused before it is read, not parsed into memory
+MAX_BODY = {"/v1/score": 64 << 10, "/v1/score/batch": 1 << 20, "/v1/events": 4 << 20}
+MAX_BODY_OTHER = 64 << 10
 
 class ScoreRequest(BaseModel):
     "One scoring request."
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     anonymous_id: str = Field(description="Stable device / cookie id.", **_ID)
     session_id: str = Field(description="The session to score.", **_ID)
     user_id: str | None = Field(None, description="Logged-in customer id, if any.", **_ID)
     product_id: str | None = Field(None, description="The product in view, if any.", **_ID)
     explain: bool = Field(False, description="Return the top feature contributions (LightGBM pred_contrib).")
-    device: str | None = Field(None, max_length=32, description="Front-end context for the fallback prior.")
-    country: str | None = Field(None, max_length=8, description="Front-end context for the fallback prior.")
-    traffic_source: str | None = Field(None, max_length=32, description="Front-end context for the fallback prior.")
+    device: Literal[DEVICES] | None = Field(None, description="Front-end context for the fallback prior.")
+    country: str | None = Field(None, pattern=f"^{COUNTRY_RE}$", description="Front-end context for the fallback prior (ISO 3166-1 alpha-2).")
+    traffic_source: Literal[TRAFFIC_SOURCES] | None = Field(None, description="Front-end context for the fallback prior.")
     at_ms: int | None = Field(None, ge=946_684_800_000, le=4_102_444_800_000, description="Score as of this UTC ms (default: now).")
     event_type: Literal["page_view", "search", "product_view", "add_to_cart", "remove_from_cart", "cart_view",
                         "checkout_start", "heartbeat"] | None = Field(
@@ -100,7 +107,7 @@ class ScoreRequest(BaseModel):
                           "without it the request event is scored as unknown (every training point had one), so send it.")
 
 class BatchRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     requests: list[ScoreRequest] = Field(min_length=1, max_length=100)
 
 class Action(BaseModel):
@@ -123,7 +130,8 @@ class ScoreResponse(BaseModel):
     model_version: str
     degraded: bool = Field(description="True when features or the model endpoint were unavailable: a fallback score.")
     degraded_reason: str | None
-    feature_age_s: float | None = Field(description="Age of the session features (null when the session is unknown).")
+    feature_age_s: float | None = Field(description="Age of the session features (null when the session is unknown); "
+                                       "negative when they are newer than the request's `at_ms` (they hold later events).")
     missing: list[str] = Field(description="Entities without stored features (their spec defaults were used).")
     scored_at_ms: int
     contributions: list[Contribution] | None = None
@@ -132,8 +140,9 @@ class BatchResponse(BaseModel):
     results: list[ScoreResponse]
 
 class EventsRequest(BaseModel):
+    "The body of `POST /v1/events` (documentation: the route reads it with `parse_events_body`)."
     model_config = ConfigDict(extra="forbid")
-    events: list[dict[str, Any]] = Field(min_length=1, max_length=1000, description="Clickstream events (the event contract).")
+    events: list[dict[str, Any]] = Field(min_length=1, max_length=MAX_EVENTS, description="Clickstream events (the event contract).")
 
 class Rejected(BaseModel):
     index: int
@@ -146,18 +155,49 @@ class EventsResponse(BaseModel):
 
 # %% ../nbs/19_serving.ipynb #bb49d793
 def validation_errors(errors: list[dict]) -> list[str]:
-    "One readable line per pydantic error: `location: message`."
-    return [f"{'.'.join(str(x) for x in e.get('loc', ()))}: {e.get('msg', 'invalid')}" for e in errors]
+    "One readable line per pydantic error: `location: message (got value)` (no value for a missing field)."
+    from propensity.contracts import shown
+    return [f"{'.'.join(str(x) for x in e.get('loc', ()))}: {e.get('msg', 'invalid')}"
+            + (f" (got {shown(e['input'])})" if "input" in e and e.get("type") != "missing" else "") for e in errors]
 
 # %% ../nbs/19_serving.ipynb #3312b94e
 _SCALARS = (str, int, float, bool, type(None))
 
-def split_events(events: list[dict]) -> tuple[list[int], list[tuple[int, str]]]:
-    "(indices of valid events, [(index, reason)] of rejected ones) under the event contract."
+class BodyError(Exception):
+    "A request body that is not what the route reads: the 422's `errors` lines (and FastAPI-style `detail`)."
+    def __init__(self, detail: list[dict]):
+        super().__init__("; ".join(validation_errors(detail)))
+        self.detail = detail
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not JSON (numbers are finite; send null for no value)")
+
+def parse_events_body(body: bytes) -> list:
+    "The `events` list of a `POST /v1/events` body, read as strict JSON (no NaN or Infinity; integers of any size kept); `BodyError` otherwise."
+    import json
+    err = lambda loc, msg, kind: BodyError([{"loc": loc, "msg": msg, "type": kind}])
+    try: obj = json.loads(body, parse_constant=_no_constant)
+    except UnicodeDecodeError as e:
+        raise err(["body"], f"not valid UTF-8 (byte 0x{e.object[e.start]:02x} at offset {e.start}: {e.reason})", "json_invalid") from None
+    except ValueError as e: raise err(["body"], f"not valid JSON: {e}", "json_invalid") from None
+    if not isinstance(obj, dict): raise err(["body"], f"expected a JSON object {{\"events\": [...]}}, got {type(obj).__name__}", "model_type")
+    detail = [{"loc": ["body", k], "msg": "Extra inputs are not permitted", "type": "extra_forbidden"} for k in obj if k != "events"]
+    events = obj.get("events")
+    if "events" not in obj: detail.append({"loc": ["body", "events"], "msg": "Field required", "type": "missing"})
+    elif not isinstance(events, list):
+        detail.append({"loc": ["body", "events"], "msg": f"expected a list of events, got {type(events).__name__}", "type": "list_type"})
+    elif not 1 <= len(events) <= MAX_EVENTS:
+        detail.append({"loc": ["body", "events"], "msg": f"{len(events):,} events, expected 1 to {MAX_EVENTS:,}", "type": "too_long" if events else "too_short"})
+    if detail: raise BodyError(detail)
+    return events
+
+def split_events(events: list) -> tuple[list[int], list[tuple[int, str]]]:
+    "(indices of valid events, [(index, reason)] of rejected ones) under the event contract; an item that is not an object is rejected."
     from propensity.contracts import EVENT
     bad = {}
     for i, e in enumerate(events):  # the contract reads flat records: a nested value is refused here, by name
-        if nested := [k for k, v in e.items() if not isinstance(v, _SCALARS)]:
+        if not isinstance(e, dict): bad[i] = f"record: expected a JSON object, got {type(e).__name__}"
+        elif nested := [k for k, v in e.items() if not isinstance(v, _SCALARS)]:
             bad[i] = "; ".join(f"{k}: expected a string, number, boolean or null, got {type(e[k]).__name__}" for k in nested[:5])
     # a clean event is cleared in microseconds; the validator (about 15 ms a call) decides only the others
     rest = [i for i in range(len(events)) if i not in bad and not EVENT.certain(events[i])]
@@ -166,7 +206,7 @@ def split_events(events: list[dict]) -> tuple[list[int], list[tuple[int, str]]]:
         bad.update({int(s): r for s, r in zip(v.rejected["source"], v.rejected["reason"])})
     return [i for i in range(len(events)) if i not in bad], sorted(bad.items())
 
-def collect(client, events: list[dict], stream: str) -> dict:
+def collect(client, events: list, stream: str) -> dict:
     "Validate `events` and append them to `stream` (valid) and its dead-letter stream (rejected, with reasons)."
     from propensity.contracts import json_exact  # a lone surrogate from a broken client is kept as a `\u` escape
     from propensity.livestream import dead_letter_key, publish
@@ -192,7 +232,7 @@ def _worker_init(url: str):
     _worker_redis = redis_client(url, socket_timeout=2.0, check=False)
     split_events([])  # import pandas and the contract now, not on the first batch
 
-def _worker_collect(events: list[dict], stream: str) -> dict:
+def _worker_collect(events: list, stream: str) -> dict:
     return collect(_worker_redis, events, stream)
 
 def collector_pool(url: str):
@@ -245,13 +285,37 @@ async def _reply(send, status: int, body: bytes, extra=()):
                 "headers": [*_JSON_HDR, (b"content-length", str(len(body)).encode()), *extra]})
     await send({"type": "http.response.body", "body": body})
 
-async def _body(receive) -> bytes:
-    chunks, more = [], True
+async def _body(receive, limit: int | None = None) -> bytes | None:
+    "The request body; None as soon as it passes `limit` bytes (the rest is not read)."
+    chunks, more, n = [], True, 0
     while more:
         m = await receive()
         if m["type"] == "http.disconnect": break
         chunks.append(m.get("body", b"")); more = m.get("more_body", False)
+        n += len(chunks[-1])
+        if limit is not None and n > limit: return None
     return b"".join(chunks)
+
+def _replay(body: bytes, receive):
+    "An ASGI `receive` that gives `body` once, then waits on the real one (a disconnect)."
+    sent = False
+    async def again():
+        nonlocal sent
+        if sent: return await receive()
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+    return again
+
+async def _limited(scope, receive, send):
+    "(body, None) for a POST within its route's `MAX_BODY`, or (None, 413 after replying it): a declared length is checked before reading."
+    limit = MAX_BODY.get(scope["path"], MAX_BODY_OTHER)
+    declared = next((v for k, v in scope["headers"] if k == b"content-length"), None)
+    body = None if declared is not None and declared.isdigit() and int(declared) > limit else await _body(receive, limit)
+    if body is None:
+        await _reply(send, 413, orjson.dumps({"detail": f"request body over {limit:,} bytes, the limit of {scope['path']}"}),
+                     [(b"connection", b"close")])
+        return None, 413
+    return body, None
 
 def fast_route(model, run, keys: tuple[str, ...]):
     "An ASGI handler: API key, then `model.model_validate_json(body)`, then `await run(request) -> obj` as JSON; returns the status."
@@ -264,8 +328,9 @@ def fast_route(model, run, keys: tuple[str, ...]):
             await _reply(send, 401, unauthorized, [(b"www-authenticate", b"ApiKey")]); return 401
         try: req = model.model_validate_json(await _body(receive))
         except ValidationError as e:
-            errs = [{"loc": ["body", *e_["loc"]], "msg": e_["msg"], "type": e_["type"]} for e_ in e.errors(include_url=False)]
-            await _reply(send, 422, orjson.dumps({"detail": errs, "errors": validation_errors(errs)})); return 422
+            full = [{**e_, "loc": ["body", *e_["loc"]]} for e_ in e.errors(include_url=False)]
+            errs = [{k: v for k, v in e_.items() if k in ("loc", "msg", "type")} for e_ in full]
+            await _reply(send, 422, orjson.dumps({"detail": errs, "errors": validation_errors(full)})); return 422
         await _reply(send, 200, orjson.dumps(await run(req), option=orjson.OPT_SERIALIZE_NUMPY)); return 200
     return handle
 
@@ -277,6 +342,11 @@ class _Front:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http": return await self.app(scope, receive, send)
         t0, status = time.perf_counter(), [500]
+        if scope["method"] in ("POST", "PUT", "PATCH"):  # read once, within the route's limit; handlers get it replayed
+            body, refused = await _limited(scope, receive, send)
+            if refused:
+                self.metrics.observe(scope["path"], refused, time.perf_counter() - t0); return
+            receive = _replay(body, receive)
         h = self.fast.get(scope["path"]) if scope["method"] == "POST" else None
         if h is not None:
             try: status[0] = await h(scope, receive, send)
@@ -464,7 +534,7 @@ def create_app(settings: Settings, registry_dir, cfg: ServingConfig | None = Non
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
         errs = [{k: v for k, v in e.items() if k in ("loc", "msg", "type")} for e in exc.errors()]
-        return _json({"detail": errs, "errors": validation_errors(errs)}, 422)
+        return _json({"detail": errs, "errors": validation_errors(exc.errors())}, 422)
 
     async def run_one(req: ScoreRequest) -> dict:
         a = (await score_many(st, [req.model_dump()]))[0]
@@ -485,11 +555,14 @@ def create_app(settings: Settings, registry_dir, cfg: ServingConfig | None = Non
     async def score_batch(req: BatchRequest):
         return _json(await run_batch(req))
 
-    @app.post("/v1/events", response_model=EventsResponse, dependencies=[Depends(auth)], summary="Collect clickstream events")
-    async def events(req: EventsRequest):
+    @app.post("/v1/events", response_model=EventsResponse, dependencies=[Depends(auth)], summary="Collect clickstream events",
+              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": EventsRequest.model_json_schema()}}}})
+    async def events(request: Request):
         import redis
         from concurrent.futures.process import BrokenProcessPool
-        try: r = await asyncio.get_running_loop().run_in_executor(st.pool, _worker_collect, req.events, settings.stream_key)
+        try: batch = parse_events_body(await request.body())
+        except BodyError as e: return _json({"detail": e.detail, "errors": validation_errors(e.detail)}, 422)
+        try: r = await asyncio.get_running_loop().run_in_executor(st.pool, _worker_collect, batch, settings.stream_key)
         except (redis.RedisError, OSError, BrokenProcessPool) as e:  # the stream is down: the sender keeps the batch and retries
             reason = "collector_unavailable" if isinstance(e, BrokenProcessPool) else _reason(e)
             if isinstance(e, BrokenProcessPool): st.pool = collector_pool(st.url)

@@ -218,6 +218,30 @@ def test_collector_appends_valid_events_and_dead_letters_the_rest(world, service
     assert dead[0]["record"]["event_id"] == "e-2" and "price" in dead[0]["reason"]
     assert dead[2]["record"]["event_id"] == 10**20 and dead[3]["record"]["quantity"] == 2**64  # kept exactly
 
+    # items that are not objects are rejected and dead-lettered one by one; the batch's valid events go through
+    before, dead_before = stream_length(r, stream), stream_length(r, dead_letter_key(stream))
+    r_ = service.client.post("/v1/events", json={"events": [{**ev, "event_id": "e-7"}, "garbage", None, [1]]})
+    assert r_.status_code == 200 and r_.json()["accepted"] == 1, r_.text
+    assert [x["reason"] for x in r_.json()["rejected"]] == [f"record: expected a JSON object, got {t}" for t in ("str", "NoneType", "list")]
+    assert stream_length(r, stream) == before + 1 and stream_length(r, dead_letter_key(stream)) == dead_before + 3
+    assert [json.loads(x)["record"] for _, x in read_after(r, dead_letter_key(stream))][-3:] == ["garbage", None, [1]]
+    # NaN is not JSON: the body is refused with where it is, nothing is written (Python's parser took it, and the
+    # stream held null where the client sent NaN); so is a body that is not UTF-8
+    nan = json.dumps({"events": [{**ev, "event_id": "e-8", "price": float("nan")}]}).encode()
+    for body, says in ((nan, "NaN is not JSON"), (json.dumps({"events": [ev]}).encode().replace(b"a1", b"\xe9"), "not valid UTF-8 (byte 0xe9")):
+        r_ = service.client.post("/v1/events", content=body, headers={"content-type": "application/json"})
+        assert r_.status_code == 422 and says in r_.json()["errors"][0], r_.text
+    assert stream_length(r, stream) == before + 1 and stream_length(r, dead_letter_key(stream)) == dead_before + 3
+
+
+def test_bodies_over_the_route_limit_are_413_before_they_are_read(service):
+    huge = b'{"events": [{"page": "' + b"x" * (5 << 20) + b'"}]}'
+    r = service.client.post("/v1/events", content=huge)
+    assert r.status_code == 413 and r.json()["detail"] == "request body over 4,194,304 bytes, the limit of /v1/events"
+    r = service.client.post("/v1/score", content=iter([b'{"anonymous_id": "a", "session_id": "', b"s" * (70 << 10), b'"}']))  # chunked
+    assert r.status_code == 413
+    assert service.client.post("/v1/score", json={"anonymous_id": "a", "session_id": "s"}).status_code == 200  # still serving
+
 
 def test_metrics_count_latency_by_route_and_degraded_by_reason(service):
     service.client.post("/v1/score", json={"anonymous_id": "a", "session_id": "metrics-check"})
