@@ -19,10 +19,10 @@ from rich.table import Table
 from .config import ConfigError, Settings
 
 # %% auto #0
-__all__ = ['SHARE_FLAGS', 'GATE_FLAGS', 'COMMAND_MODULES', 'UsageError', 'cmd_config', 'cmd_simulate', 'print_world',
-           'cmd_summary', 'cmd_ingest', 'PipelineStop', 'cmd_features', 'cmd_quality', 'cmd_materialize', 'cmd_train',
-           'cmd_promote', 'cmd_train_table', 'cmd_predict', 'cmd_recalibrate', 'cmd_report', 'cmd_online_store',
-           'parser', 'main']
+__all__ = ['SHARE_FLAGS', 'GATE_FLAGS', 'COMMAND_MODULES', 'LIBRARY_ERRORS', 'UsageError', 'cmd_config', 'cmd_simulate',
+           'print_world', 'cmd_summary', 'cmd_ingest', 'PipelineStop', 'cmd_features', 'cmd_quality', 'cmd_materialize',
+           'cmd_train', 'cmd_promote', 'cmd_train_table', 'cmd_predict', 'cmd_recalibrate', 'cmd_report',
+           'cmd_online_store', 'parser', 'expected_error', 'main']
 
 # %% ../nbs/09_cli.ipynb #21153bad
 class UsageError(Exception):
@@ -73,8 +73,12 @@ def _profile(args):
 def cmd_simulate(args, settings: Settings) -> int:
     from propensity.simulate import simulate
     if args.days < 1: raise UsageError(f"--days={args.days}: expected a whole number of days >= 1")
+    if args.seed < 0: raise UsageError(f"--seed={args.seed}: expected a whole number >= 0")
+    drift = _parse_drift(args)
+    if drift is not None and drift.day >= args.days:
+        raise UsageError(f"--drift-day={drift.day}: expected a day of the simulated range 0..{args.days - 1} (--days={args.days})")
     out = Path(args.out) if args.out else settings.data_dir / "world"
-    try: s = simulate(_profile(args), args.days, args.seed, out, drift=_parse_drift(args), progress=not args.quiet)
+    try: s = simulate(_profile(args), args.days, args.seed, out, drift=drift, progress=not args.quiet)
     except FileExistsError as e: raise UsageError(str(e)) from None
     print_world(out, seconds=s["seconds"])
     return 0
@@ -109,7 +113,7 @@ def print_world(out: Path, seconds: float | None = None):
 def cmd_summary(args, settings: Settings) -> int:
     out = Path(args.data) if args.data else settings.data_dir / "world"
     try: print_world(out)
-    except FileNotFoundError as e: raise UsageError(str(e)) from None
+    except (FileNotFoundError, ValueError) as e: raise UsageError(f"{out}: not a readable simulated world ({e})") from None
     return 0
 
 # %% ../nbs/09_cli.ipynb #75094b47
@@ -130,6 +134,7 @@ def cmd_ingest(args, settings: Settings) -> int:
         raise UsageError(f"--prices/--unknown-price: only for --format otto (the {args.format} format carries prices)")
     try: s = ingest(args.format, src, out, overwrite=args.overwrite, **opts)
     except FileExistsError as e: raise UsageError(f"{e} (pass --overwrite)") from None
+    except ValueError as e: raise UsageError(str(e)) from None  # not a file of that format, a bad price table
     rows = [[k, f"{v:,}" if isinstance(v, int) else v] for k, v in s.items()
             if not isinstance(v, dict) and v is not None and not k.endswith("_time")]
     rows += [[f"  rejected: {k}", f"{v:,}"] for k, v in s["rejected_by_field"].items()]
@@ -187,6 +192,8 @@ def cmd_materialize(args, settings: Settings) -> int:
     from propensity.feast_repo import format_summary, materialize
     data = _data_arg(args, settings)
     if not (data / "offline").exists(): raise UsageError(f"{data}: no offline/ tables; run `propensity features --data {data}` first")
+    from propensity.onlinestore import ensure_online_store, redis_client
+    redis_client(ensure_online_store(settings), connect_timeout=2).close()  # a store that does not answer: said now, not after Feast's setup
     print(format_summary(materialize(settings, data, verbose=False)))
     return 0
 
@@ -272,7 +279,8 @@ def cmd_report(args, settings: Settings) -> int:
         todo = "train" if args.which == "weekly" else "recalibrate"
         raise UsageError(f"{data}: no {'training run' if todo == 'train' else 'recalibration'} yet (models/{pointer}); "
                          f"run `propensity {todo} --data {data}` first")
-    paths = render_reports(data, out_root=args.out, which=args.which)
+    try: paths = render_reports(data, out_root=args.out, which=args.which)
+    except FileNotFoundError as e: raise UsageError(f"{e}; run `propensity {'train' if args.which == 'weekly' else 'recalibrate'} --data {data}` again") from None
     print(f"reports: {paths.get('index', '')}")
     return 0
 
@@ -285,6 +293,8 @@ def cmd_online_store(args, settings: Settings) -> int:
         print("online store stopped" if stop_online_store(settings) else "online store: nothing to stop")
     st = online_store_status(settings)
     _console().print(_table("Online store", ["what", "value"], [[k, v] for k, v in st.items()]))
+    if args.action == "start" and not st["alive"]:  # an external REDIS_URL that does not answer
+        raise UsageError(f"the online store at {st['url']} does not answer (REDIS_URL)")
     return 0
 
 # %% ../nbs/09_cli.ipynb #e4773f66
@@ -379,6 +389,18 @@ def parser() -> argparse.ArgumentParser:
         importlib.import_module(mod).register_cli(sub)
     return p
 
+# errors the library raises with a message for the person at the command line (matched by name, so that `main`
+# imports nothing heavy): status 2 and one line, like a usage error, instead of a traceback
+LIBRARY_ERRORS = ("OnlineStoreError", "RegistryError", "ReportError", "PolicyError", "DriftError", "StreamIdError")
+
+def expected_error(e: BaseException) -> str | None:
+    "The one-line message of an error meant for a person (`LIBRARY_ERRORS`, a Redis server that does not answer); None for anything else (a bug: its traceback is shown)."
+    for t in type(e).__mro__:
+        if t.__module__.startswith("propensity.") and t.__name__ in LIBRARY_ERRORS: return str(e)
+        if t.__module__ == "redis.exceptions" and t.__name__ in ("ConnectionError", "TimeoutError", "AuthenticationError"):
+            return f"the online store did not answer: {e}"
+    return None
+
 def main(argv: list[str] | None = None) -> int:
     "Entry point of the `propensity` console script."
     args = parser().parse_args(argv)
@@ -392,3 +414,7 @@ def main(argv: list[str] | None = None) -> int:
     except PipelineStop as e:
         print(f"propensity {args.command}: stopped: {e}", file=sys.stderr)
         return 3
+    except Exception as e:
+        if (msg := expected_error(e)) is None: raise
+        print(f"propensity {args.command}: error: {msg}", file=sys.stderr)
+        return 2

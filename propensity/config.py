@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Mapping
 
 # %% auto #0
-__all__ = ['ConfigError', 'Settings']
+__all__ = ['LOG_LEVELS', 'ConfigError', 'Settings']
 
 # %% ../nbs/00_config.ipynb #df7062f0
 class ConfigError(ValueError):
@@ -27,6 +27,11 @@ def _parse_redis_url(v: str) -> str | None:
     if v == "": return None
     if not v.startswith(("redis://", "rediss://", "unix://")):
         raise ConfigError(f"REDIS_URL={v!r}: expected a URL starting with redis://, rediss:// or unix:// (or unset for the embedded Valkey server)")
+    from urllib.parse import urlsplit
+    try: urlsplit(v).port  # a port past 65535 or a host that is not one
+    except ValueError as e:
+        shown = urlsplit(v)._replace(netloc=urlsplit(v).netloc.rpartition("@")[2]).geturl()  # no password in the message
+        raise ConfigError(f"REDIS_URL={shown!r}: not a usable URL ({e})") from None
     return v
 
 def _parse_master(v: str) -> str:
@@ -34,11 +39,19 @@ def _parse_master(v: str) -> str:
         raise ConfigError(f"SPARK_MASTER={v!r}: expected local[N], local[*], spark://host:port, yarn or k8s://...")
     return v
 
-def _parse_int(name):
+def _parse_int(name, min_value: int | None = None):
     def _p(v: str) -> int:
-        try: return int(v)
+        try: x = int(v)
         except ValueError: raise ConfigError(f"{name}={v!r}: expected an integer") from None
+        if min_value is not None and x < min_value: raise ConfigError(f"{name}={v!r}: expected an integer >= {min_value}")
+        return x
     return _p
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+def _parse_log_level(v: str) -> str:
+    if v.strip().upper() not in LOG_LEVELS: raise ConfigError(f"PROPENSITY_LOG_LEVEL={v!r}: expected one of {', '.join(LOG_LEVELS)}")
+    return v.strip().upper()
 
 # %% ../nbs/00_config.ipynb #397b1e66
 @dataclass(frozen=True)
@@ -54,9 +67,9 @@ class Settings:
     feast_project: str = _setting("PROPENSITY_FEAST_PROJECT", "propensity",
         "Feast project name; part of every online-store key.")
     seed: int = _setting("PROPENSITY_SEED", 42,
-        "Default random seed for simulations and training.", _parse_int("PROPENSITY_SEED"))
+        "Default random seed for simulations and training.", _parse_int("PROPENSITY_SEED", 0))
     log_level: str = _setting("PROPENSITY_LOG_LEVEL", "INFO",
-        "Logging level for jobs and services.")
+        "Logging level for jobs and services.", _parse_log_level)
     stream_key: str = _setting("PROPENSITY_STREAM", "propensity:events",
         "Redis Stream of live events (the embedded stand-in for Kinesis/Kafka), on the online store's server.")
 

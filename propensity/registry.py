@@ -279,7 +279,9 @@ def promote(registry_dir, version: str, *, force: bool = False) -> dict:
     if gates.get("passed") is False and not force:
         raise RegistryError(f"{version}: its gates did not pass ({gates.get('summary') or gates.get('failures')}); "
                             "pass force=True to promote it anyway")
-    rec = {"version": version, "promoted_at": _now(), "previous": promoted(root)}
+    try: previous = promoted(root)
+    except RegistryError: previous = None  # a damaged record is what a new promotion repairs (its message says so)
+    rec = {"version": version, "promoted_at": _now(), "previous": previous}
     tmp = root / f".{PROMOTED}.{uuid.uuid4().hex}"
     try:
         _write(tmp, _json_bytes("promotion", rec))

@@ -710,11 +710,19 @@ def run_demo(data: Path, settings: Settings, seconds: float = 20.0, port: int | 
             except httpx.TransportError: time.sleep(0.05)
         ready = c.get("/readyz").json()
         con.print(f"service at {base}: model {ready['model_version']}, online store {ready['online_store']}, policy {ready['policy']}")
+        def stop(why: str):
+            from propensity.cli import PipelineStop
+            server.should_exit = True; th.join(10)
+            raise PipelineStop(why)
+        if ready["online_store"] != "ok":
+            stop(f"the online store does not answer ({ready['online_store']}): start it with `propensity online-store start`, or check REDIS_URL")
         events = _landing_events(data, limit=int(seconds * 1500))  # about what the collector takes in `seconds` here: the newest
         t0, sent, accepted, rejected, last = time.monotonic(), 0, 0, 0, {}
         while sent < len(events) and time.monotonic() - t0 < seconds:
             batch = events[sent:sent + 100]
-            r = c.post("/v1/events", json={"events": batch}).json()
+            resp = c.post("/v1/events", json={"events": batch})
+            if resp.status_code != 200: stop(f"POST /v1/events answered {resp.status_code}: {resp.text[:300]}")
+            r = resp.json()
             accepted += r["accepted"]; rejected += len(r["rejected"])
             bad = {x["index"] for x in r["rejected"]}
             for i, e in enumerate(batch):

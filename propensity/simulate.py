@@ -29,9 +29,9 @@ __all__ = ['PROFILES', 'CATEGORIES', 'COUNTRIES', 'DEVICE_SHARE', 'DEVICE_EFFECT
            'STEP_SHARE', 'WALK_MEAN', 'WALK_SD', 'POPULAR_LIFT', 'CART_VIEW_P', 'CART_VIEW_ANY', 'CHECKOUT_P',
            'EXIT_HB_P', 'COUPONS', 'COUPON_PCT', 'PV', 'SEARCH', 'PRODV', 'ADD', 'REMOVE', 'CARTV', 'CHECKOUT',
            'PURCHASE', 'HEARTBEAT', 'DAY_MS', 'TRUTH', 'EVENT_TRUTH', 'MALFORMED_KINDS', 'DELIVERY', 'OUTPUTS',
-           'SEGMENTS', 'Profile', 'Drift', 'sigmoid', 'logit', 'Catalog', 'build_catalog', 'Shoppers', 'build_shoppers',
-           'World', 'Day', 'simulate_day', 'deliver', 'Landing', 'simulate', 'load_event_truth', 'load_truth',
-           'conversion_by', 'world_summary']
+           'DERIVED', 'SEGMENTS', 'Profile', 'Drift', 'sigmoid', 'logit', 'Catalog', 'build_catalog', 'Shoppers',
+           'build_shoppers', 'World', 'Day', 'simulate_day', 'deliver', 'Landing', 'simulate', 'load_event_truth',
+           'load_truth', 'conversion_by', 'world_summary']
 
 # %% ../nbs/04_simulate.ipynb #9f0dd8d0
 @dataclass(frozen=True)
@@ -80,6 +80,13 @@ class Drift:
     def __post_init__(self):
         if self.column not in ("device", "country", "traffic_source"):
             raise ValueError(f"drift column={self.column!r}: expected device, country or traffic_source")
+        values = {"device": DEVICE_SHARE, "country": COUNTRIES, "traffic_source": SOURCE_SHARE}[self.column]
+        if self.value not in values:  # a value no session has would drift nothing, silently
+            raise ValueError(f"drift value={self.value!r}: expected a {self.column} of the simulator: {', '.join(values)}")
+        if isinstance(self.day, bool) or not isinstance(self.day, (int, np.integer)) or self.day < 0:
+            raise ValueError(f"drift day={self.day!r}: expected a day number >= 0")
+        if not math.isfinite(self.shift):
+            raise ValueError(f"drift shift={self.shift!r}: expected a finite number of logits")
 
 # %% ../nbs/04_simulate.ipynb #b87ed25c
 #        leaf path                          median EUR, sigma, margin, return rate, weight
@@ -826,6 +833,8 @@ class Landing:
 
 # %% ../nbs/04_simulate.ipynb #376694f5
 OUTPUTS = ("events", "tables", "truth", "world.json")
+# built from a world by the other commands (features, materialize, train, report, stream): stale once it is replaced
+DERIVED = ("offline", "training", "quality", "rejected", "feast", "models", "registry", "reports", "streaming")
 
 def _day_stats(d: Day) -> dict:
     t = d.truth; e = t[t.eligible]
@@ -839,18 +848,25 @@ def simulate(profile: str | Profile = "small", days: int = 7, seed: int = 42, ou
     "Simulate `days` days of `profile` into `out`; returns the summary (also in `out/world.json`)."
     prof = PROFILES[profile] if isinstance(profile, str) else profile
     if days < 1: raise ValueError(f"days={days}: expected at least 1")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed={seed!r}: expected a whole number >= 0")
+    if drift is not None and drift.day >= days:
+        raise ValueError(f"drift day={drift.day}: expected a day of the simulated range 0..{days - 1}")
     out = Path(out)
     found = [o for o in OUTPUTS if (out / o).exists()]
     if found and "world.json" not in found:
         raise FileExistsError(f"{out} holds {', '.join(found)} but no world.json: not a simulated world, so nothing "
                               "is replaced; choose an empty or new folder")
-    for o in OUTPUTS:
+    t0 = time.perf_counter()
+    world = World.build(prof, days, seed, drift)  # before anything is removed: a failure leaves the old world whole
+    # a new world replaces the old one, and what was built from the old one (features, models, reports) with it
+    derived = [o for o in DERIVED if (out / o).exists()]
+    for o in OUTPUTS + DERIVED:
         p = out / o
         if p.is_dir(): shutil.rmtree(p)
         elif p.exists(): p.unlink()
+    if derived and progress: print(f"replaced the world in {out}; removed what was built from the old one: {', '.join(derived)}", flush=True)
     out.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    world = World.build(prof, days, seed, drift)
     write_table(world.catalog.products, PRODUCT, out / "tables" / "products.parquet")
     write_table(world.shoppers.users, USER, out / "tables" / "users.parquet")
     (out / "truth").mkdir(parents=True, exist_ok=True)

@@ -1118,10 +1118,10 @@ def cmd_stream(args, settings: Settings) -> int:
         print_status(status(d, settings, r, args.last)); r.close()
         return 0
     cfg = _config(args)
-    if args.reset: reset(d)
-    if args.duration is not None and not args.duration > 0:
+    if args.duration is not None and not args.duration > 0:  # every argument is checked before --reset deletes anything
         from propensity.cli import UsageError
         raise UsageError(f"--duration={args.duration}: expected seconds > 0")
+    if args.reset: reset(d)
     try: check_layout(StreamPaths.of(d), cfg)
     except ValueError as e:
         from propensity.cli import UsageError

@@ -1,5 +1,6 @@
 """The simulated marketplace's must-shows, on a 7-day small world written to disk."""
 import hashlib
+import re
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import brier_score_loss, roc_auc_score
 
 from propensity.contracts import EVENT, read_jsonl, read_table
-from propensity.simulate import PROFILES, SEGMENTS, load_truth, simulate
+from propensity.simulate import PROFILES, SEGMENTS, Drift, load_truth, simulate
 
 
 @pytest.fixture(scope="module")
@@ -130,6 +131,32 @@ def test_rerun_replaces_outputs_and_keeps_other_files(tmp_path):
     simulate("small", 1, 1, out, progress=False)
     assert (out / "notes.txt").read_text() == "mine"
     assert len(list((out / "truth" / "sessions").iterdir())) == 1
+
+
+def test_rerun_removes_what_was_built_from_the_old_world(tmp_path):
+    out = tmp_path / "w"
+    simulate("small", 1, 1, out, progress=False)
+    for d in ("offline/sessions", "registry/v0001", "models/runs", "streaming/checkpoint"): (out / d).mkdir(parents=True)
+    simulate("small", 1, 2, out, progress=False)
+    assert not any((out / d).exists() for d in ("offline", "registry", "models", "streaming"))  # stale: gone
+    assert (out / "world.json").exists()
+
+
+def test_bad_arguments_leave_the_old_world_whole(tmp_path):
+    out = tmp_path / "w"
+    simulate("small", 1, 1, out, progress=False)
+    (out / "registry").mkdir()
+    before = _digest(out)
+    for kw, says in ((dict(seed=-1), "seed=-1: expected a whole number >= 0"),
+                     (dict(drift=Drift(day=3)), "drift day=3: expected a day of the simulated range 0..1")):
+        with pytest.raises(ValueError, match=re.escape(says)):
+            simulate("small", 2, kw.get("seed", 1), out, drift=kw.get("drift"), progress=False)
+    assert _digest(out) == before and (out / "registry").exists()
+    for kw, says in ((dict(shift=float("nan")), "drift shift=nan: expected a finite number"),
+                     (dict(value="toaster"), "drift value='toaster': expected a device of the simulator: mobile, desktop, tablet"),
+                     (dict(column="country", value="XX"), "drift value='XX': expected a country"), (dict(day=-1), "drift day=-1")):
+        with pytest.raises(ValueError, match=re.escape(says)):
+            Drift(**{"day": 0, **kw})
 
 
 def test_refuses_to_replace_folders_of_something_else(tmp_path):
