@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import sys
@@ -26,9 +27,9 @@ from .features import (ENTITIES, FEATURES, Eligibility, ScoringPolicy, SessionSt
 
 # %% auto #0
 __all__ = ['SPARK_DEFAULTS', 'DAY_MS', 'TRAINING_KEYS', 'SEGMENT_COLUMNS', 'TRAINING_JOIN_CONF', 'spark_session', 'BatchConfig',
-           'check_lines', 'read_events', 'pass_input', 'pass_schema', 'fold_sessions', 'settle_lines', 'label_sessions',
-           'user_snapshots', 'product_daily', 'product_snapshots', 'visitor_snapshots', 'spark_conf', 'training_set',
-           'run_batch']
+           'check_lines', 'skipped_landing_files', 'read_events', 'pass_input', 'pass_schema', 'fold_sessions',
+           'settle_lines', 'label_sessions', 'user_snapshots', 'product_daily', 'product_snapshots',
+           'visitor_snapshots', 'spark_conf', 'training_set', 'NoEvents', 'run_batch']
 
 # %% ../nbs/06_batch.ipynb #b01bc6d4
 SPARK_DEFAULTS = {
@@ -68,6 +69,13 @@ class BatchConfig:
     smoothing_views: float = 50.0       # prior weight (views) of the category rate in product view-to-purchase rates
     smoothing_carts: float = 10.0       # prior weight (cart adds) of the category rate in cart-to-purchase rates
     partitions: int = 8                 # shuffle partitions of the session pass
+
+    def __post_init__(self):  # a negative timeout made every event its own session, and the quality checks passed
+        for name, lo, strict in (("inactivity_minutes", 0, True), ("grace_minutes", 0, False), ("smoothing_views", 0, True),
+                                 ("smoothing_carts", 0, True), ("partitions", 1, False)):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and (v > lo if strict else v >= lo)):
+                raise ValueError(f"{name}={v!r}: expected a number {'>' if strict else '>='} {lo}")
 
 # %% ../nbs/06_batch.ipynb #9ef55791
 _EXTRA = [("_record", "string"), ("_reason", "string"), ("_source", "string")]
@@ -113,6 +121,20 @@ def _validate_batches(it):
                 quantity=np.nan, event_time=np.nan, price=np.nan,
                 _record=rej["record"].to_numpy(), _reason=rej["reason"].to_numpy(), _source=rej["source"].to_numpy())
 
+def skipped_landing_files(data_dir: Path) -> list[Path]:
+    "Files of the landing zone `events/` the jobs do not read: not named *.jsonl (a gzipped or renamed part), hidden and _marker files aside."
+    landing = Path(data_dir) / "events"
+    if not landing.exists(): return []
+    return sorted(p for p in landing.rglob("*") if p.is_file() and not p.name.endswith(".jsonl")
+                  and not p.name.startswith((".", "_")) and not any(q.startswith((".", "_")) for q in p.relative_to(landing).parts[:-1]))
+
+def _check_landing(data_dir: Path) -> None:
+    "A landing zone of files none of which the jobs read is an error, not a silent fall back to tables/events."
+    landing = Path(data_dir) / "events"
+    if landing.exists() and not any(landing.rglob("*.jsonl")) and (skipped := skipped_landing_files(data_dir)):
+        raise FileNotFoundError(f"{landing}: {len(skipped)} file(s) but none named *.jsonl (e.g. {skipped[0].relative_to(landing)}); "
+                                "the jobs read uncompressed JSON lines named *.jsonl: decompress or rename them")
+
 def read_events(spark, data_dir: Path, columns=None):
     """Valid events (`columns` of the contract, all by default), rejected records (Spark DataFrames), the source read
     (the landing zone, or tables/events when there is none) and cached frames to unpersist when done. Lines the
@@ -137,6 +159,7 @@ def read_events(spark, data_dir: Path, columns=None):
         rejected = checked.filter(F.col("_reason").isNotNull()).select(
             F.col("_record").alias("record"), F.col("_reason").alias("reason"), F.col("_source").alias("source"))
         return valid, rejected, "landing", [parsed, checked]
+    _check_landing(data_dir)
     tables = data_dir / "tables" / "events"
     if not tables.exists():
         raise FileNotFoundError(f"{data_dir}: no landing zone (events/*.jsonl) and no tables/events; expected the output "
@@ -501,6 +524,9 @@ def _write(df, path: Path, partition: str | None = "dt"):
     if partition: w = w.partitionBy(partition)
     w.parquet(str(path))
 
+class NoEvents(ValueError):
+    "The batch job's input holds no valid event."
+
 def run_batch(data_dir: str | Path, settings: Settings | None = None, cfg: BatchConfig = BatchConfig(),
               spark=None, progress: bool = True) -> dict:
     "Run the batch feature job on a data folder; returns its summary."
@@ -509,7 +535,8 @@ def run_batch(data_dir: str | Path, settings: Settings | None = None, cfg: Batch
     settings = settings or Settings.from_env()
     data_dir = Path(data_dir); offline = data_dir / "offline"; tables = data_dir / "tables"
     spark = spark or spark_session(settings, "propensity-features")
-    st = _Stages(progress, 6); t0 = time.perf_counter(); s = {}
+    st = _Stages(progress, 6); t0 = time.perf_counter()
+    s = {"skipped_files": [str(p.relative_to(data_dir)) for p in skipped_landing_files(data_dir)]}
 
     def fold():  # one read and one shuffle by session; the pass settles uncertain lines, drops duplicates, counts product-days
         events, s["source"] = pass_input(spark, data_dir, _PASS_INPUT)
@@ -523,12 +550,16 @@ def run_batch(data_dir: str | Path, settings: Settings | None = None, cfg: Batch
         s["rejected_records"] = sum(s["rejected_by_field"].values())
         shutil.rmtree(data_dir / "rejected" / "batch", ignore_errors=True)
         if s["rejected_records"]: rejected.coalesce(1).write.mode("overwrite").json(str(data_dir / "rejected" / "batch"))
+        if not s["events"]:  # nothing to build features from: stop before empty tables replace the offline store
+            out.unpersist()
+            raise NoEvents(f"{data_dir}: no valid events in the {s['source']} input ({s['rejected_records']:,} records rejected"
+                           + (f", see {data_dir / 'rejected' / 'batch'}" if s["rejected_records"] else "") + "); nothing was written")
         sess = label_sessions(out.filter("kind = 'session'").drop(*_PASS_EXTRA, *_PASS_REJECTED), cfg).persist(StorageLevel.MEMORY_AND_DISK)
         c = sess.agg(F.count("*"), F.sum(F.col("is_bot").cast("long")), F.sum(F.col("single_heartbeat").cast("long")),
                      F.sum((F.col("no_product") & ~F.col("is_bot") & ~F.col("single_heartbeat")).cast("long")),
                      F.sum(F.col("eligible").cast("long")), F.sum((F.col("eligible") & F.col("label")).cast("long")),
                      F.min("start_ms"), F.max("event_timestamp")).first()
-        s.update(sessions=c[0], bots=c[1], single_heartbeat=c[2], no_product=c[3], eligible=c[4], converted=c[5])
+        s.update(sessions=c[0], bots=c[1] or 0, single_heartbeat=c[2] or 0, no_product=c[3] or 0, eligible=c[4] or 0, converted=c[5] or 0)
         _write(sess.drop("kind", "point_id", "trigger").withColumn("dt", F.to_date(F.timestamp_millis("event_timestamp"))),
                offline / "sessions")
         sf = sess.select("session_id", F.timestamp_millis("event_timestamp").alias("event_timestamp"),

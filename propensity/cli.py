@@ -162,12 +162,18 @@ def _quality(data: Path, show: bool = True):
     return report
 
 def cmd_features(args, settings: Settings) -> int:
-    from propensity.batch import BatchConfig, run_batch
+    from propensity.batch import BatchConfig, NoEvents, run_batch
     data = _data_arg(args, settings)
-    cfg = BatchConfig(inactivity_minutes=args.inactivity_minutes, grace_minutes=args.grace_minutes)
+    try: cfg = BatchConfig(inactivity_minutes=args.inactivity_minutes, grace_minutes=args.grace_minutes)
+    except ValueError as e: raise UsageError("--" + str(e).replace("_", "-", 1)) from None
     try: s = run_batch(data, settings, cfg, progress=not args.quiet)
     except FileNotFoundError as e: raise UsageError(str(e)) from None
-    rows = [["records read (valid / rejected)", f"{s['valid_records']:,} / {s['rejected_records']:,}"],
+    except NoEvents as e: raise PipelineStop(str(e)) from None
+    if s["skipped_files"]:
+        _console().print(f"[yellow]warning: {len(s['skipped_files'])} landing file(s) not read (only *.jsonl are): "
+                         f"{', '.join(s['skipped_files'][:5])}{' ...' if len(s['skipped_files']) > 5 else ''}[/yellow]")
+    rows = [["input", f"{data}/events/ (landing zone)" if s["source"] == "landing" else f"{data}/tables/events/"],
+            ["records read (valid / rejected)", f"{s['valid_records']:,} / {s['rejected_records']:,}"],
             ["duplicate deliveries dropped", f"{s['duplicates_dropped']:,}"], ["events", f"{s['events']:,}"],
             ["sessions", f"{s['sessions']:,}"], ["  dropped: bots", f"{s['bots']:,}"],
             ["  dropped: single heartbeat", f"{s['single_heartbeat']:,}"],

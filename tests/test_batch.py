@@ -2,6 +2,7 @@
 no leakage at scoring points, feature values recomputed independently, and the REES46 sample end to end."""
 import json
 import random
+import re
 from pathlib import Path
 
 import numpy as np
@@ -330,3 +331,48 @@ def test_online_store_holds_exactly_the_latest_offline_values(world, store):
         assert got[f.name] == vlatest.loc[aids, f.name].tolist(), f.name
     for f in features_of("session", "state"):
         assert got[f.name] == recent.loc[sids, f.name].tolist(), f.name
+
+
+def _landing(root: Path, name: str, lines: list[bytes]) -> Path:
+    f = root / "events" / "dt=2024-03-04" / name
+    f.parent.mkdir(parents=True, exist_ok=True)
+    f.write_bytes(b"\n".join(lines) + b"\n")
+    return f
+
+
+def _events(n: int, session: str = "s1") -> list[bytes]:
+    base = dict(event_type="product_view", anonymous_id="a1", session_id=session, product_id="p1", price=9.5, device="mobile")
+    return [json.dumps({**base, "event_id": f"{session}-e{i}", "event_time": 1_709_539_200_000 + 60_000 * i}).encode()
+            for i in range(n)]
+
+
+def test_landing_files_the_job_cannot_read_are_named_not_dropped(tmp_path, spark):
+    import gzip
+    _landing(tmp_path, "part-00.jsonl", _events(3))
+    gz = _landing(tmp_path, "part-01.jsonl", _events(4, "s2"))
+    gz.with_name("part-01.jsonl.gz").write_bytes(gzip.compress(gz.read_bytes())); gz.unlink()
+    _landing(tmp_path, "part-02.json", _events(2, "s3")); _landing(tmp_path, "_SUCCESS", [b""])
+    s = run_batch(tmp_path, spark=spark, progress=False)
+    assert s["source"] == "landing" and s["events"] == 3
+    assert s["skipped_files"] == ["events/dt=2024-03-04/part-01.jsonl.gz", "events/dt=2024-03-04/part-02.json"]
+    # a landing zone none of whose files is read is an error, not a silent switch to tables/events
+    (tmp_path / "events" / "dt=2024-03-04" / "part-00.jsonl").unlink()
+    with pytest.raises(FileNotFoundError, match=r"2 file\(s\) but none named \*\.jsonl \(e\.g\. dt=2024-03-04/part-01\.jsonl\.gz\)"):
+        run_batch(tmp_path, spark=spark, progress=False)
+
+
+def test_no_valid_events_stops_before_anything_is_written(tmp_path, spark):
+    from propensity.batch import NoEvents
+    _landing(tmp_path, "part-00.jsonl", [b"not json", b'{"event_id": "x"}'])
+    with pytest.raises(NoEvents, match="no valid events in the landing input \\(2 records rejected"):
+        run_batch(tmp_path, spark=spark, progress=False)
+    assert not (tmp_path / "offline").exists() and not (tmp_path / "training").exists()
+    assert len(list((tmp_path / "rejected" / "batch").glob("*.json"))) == 1  # the dead letters are kept
+
+
+def test_batch_config_refuses_values_that_make_no_sessions():
+    for kw, says in ((dict(inactivity_minutes=-1), "inactivity_minutes=-1: expected a number > 0"),
+                     (dict(grace_minutes=-5), "grace_minutes=-5: expected a number >= 0"),
+                     (dict(inactivity_minutes=float("nan")), "inactivity_minutes=nan"), (dict(partitions=0), "partitions=0")):
+        with pytest.raises(ValueError, match=re.escape(says)):
+            BatchConfig(**kw)
