@@ -22,8 +22,8 @@ import pandas as pd
 from .features import model_features
 
 # %% auto #0
-__all__ = ['DAY_MS', 'BASE_PARAMS', 'DEFAULT_ECONOMICS', 'TrainConfig', 'time_split', 'downsample', 'Encoder', 'datasets',
-           'fit_booster', 'session_sample', 'search', 'oracle_at_points', 'train_pipeline', 'save_run']
+__all__ = ['DAY_MS', 'STUB_SHARE', 'BASE_PARAMS', 'DEFAULT_ECONOMICS', 'TrainConfig', 'time_split', 'downsample', 'Encoder',
+           'datasets', 'fit_booster', 'session_sample', 'search', 'oracle_at_points', 'train_pipeline', 'save_run']
 
 # %% ../nbs/12_train.ipynb #84e33b13
 @dataclass(frozen=True)
@@ -60,19 +60,26 @@ def _ms(ts: pd.Series) -> np.ndarray:
     t = pd.to_datetime(ts, utc=True)
     return (t.astype("datetime64[ns, UTC]").astype("int64") // 1_000_000).to_numpy()
 
+STUB_SHARE = 0.10  # a last day with fewer rows than this share of the median day is not a day of its own
+
 def time_split(df: pd.DataFrame, cfg: TrainConfig = TrainConfig(), time_col: str = "event_timestamp") -> dict:
-    "Row masks {'train', 'val', 'test'} by UTC day: the last test_days, the val_days before, the rest (up to `cfg.until`)."
+    """Row masks {'train', 'val', 'test'} by UTC day: the last test_days, the val_days before, the rest (up to
+    `cfg.until`). A last day with only a stub of rows (the scoring points of sessions that ran past the data's last
+    midnight) is not counted as a day: its rows join the test rows of the full days before it."""
     day = _ms(df[time_col]) // DAY_MS
     if cfg.until is not None:
         end = (date.fromisoformat(cfg.until) - date(1970, 1, 1)).days
         if not (day <= end).any(): raise ValueError(f"time split: until={cfg.until!r} is before the first row's day")
         day = np.where(day <= end, day, np.iinfo(np.int64).max)  # later rows fall in no split
-    last = int(day[day < np.iinfo(np.int64).max].max())
-    test0, val0 = last - cfg.test_days + 1, last - cfg.test_days - cfg.val_days + 1
+    last = end_day = int(day[day < np.iinfo(np.int64).max].max())
+    per_day = pd.Series(day[day <= last]).value_counts()
+    if len(per_day) > 2 and per_day[last] < STUB_SHARE * per_day.drop(last).median() and last - 1 in per_day.index:
+        end_day = last - 1  # 31 rows after the last midnight in the demo, against about 7,500 a day
+    test0, val0 = end_day - cfg.test_days + 1, end_day - cfg.test_days - cfg.val_days + 1
     masks = {"train": day < val0, "val": (day >= val0) & (day < test0), "test": (day >= test0) & (day <= last)}
     for k, m in masks.items():
         if not m.any():
-            raise ValueError(f"time split: no {k} rows (data has {last - int(day.min()) + 1} days; need more than "
+            raise ValueError(f"time split: no {k} rows (data has {end_day - int(day.min()) + 1} days; need more than "
                              f"val_days + test_days = {cfg.val_days + cfg.test_days})")
     return masks
 
