@@ -27,7 +27,7 @@ from .features import ENTITIES, Feature, features_of, model_features
 __all__ = ['TS', 'TABLES', 'RANGE_RULES', 'PANDAS_DTYPES', 'ROW_FIELDS', 'SPEC_DTYPE_NAMES', 'DRIFT_FEATURES', 'TableSpec',
            'range_of', 'table_schema', 'table_path', 'read_feature_table', 'synthetic_frame', 'write_partition',
            'schema_rows', 'psi_shares', 'psi_bins', 'psi', 'last_two_weeks', 'null_rows', 'window_days', 'drift_rows',
-           'DataQualityError', 'QualityReport', 'check_table', 'check_tables']
+           'DataQualityError', 'QualityReport', 'day_rows', 'check_table', 'check_tables']
 
 # %% ../nbs/08_quality.ipynb #629829fa
 TS = "event_timestamp"
@@ -522,6 +522,16 @@ class QualityReport:
         for r in self.notes: con.print(f"[dim]note[/] {r['table']}: {r['detail']}", highlight=False)
 
 # %% ../nbs/08_quality.ipynb #dd76dfbf
+def day_rows(name: str, parts: list) -> list[dict]:
+    "A warning naming the days between the first and the last partition that have no rows (a landing day that never arrived)."
+    if len(parts) < 3: return []
+    have = set(pd.to_datetime(pd.Series(parts)).dt.date)
+    missing = [d for d in pd.date_range(min(have), max(have), freq="D").date if d not in have]
+    if not missing: return [_row(name, "days", None, "ok", 0, None, f"a partition for every day {min(have)}..{max(have)}")]
+    return [_row(name, "days", None, "warn", len(missing), None,
+                 f"{len(missing)} day(s) without rows between {min(have)} and {max(have)}: "
+                 + ", ".join(map(str, missing[:5])) + (" ..." if len(missing) > 5 else ""))]
+
 def check_table(name: str, df: pd.DataFrame, *, psi_warn: float = 0.1, psi_fail: float = 0.25,
                 null_warn: float = 0.01, bins: int = 10, eps: float = 1e-4) -> list[dict]:
     "All checks of one table already read (`read_feature_table`)."
@@ -532,6 +542,7 @@ def check_table(name: str, df: pd.DataFrame, *, psi_warn: float = 0.1, psi_fail:
         span += f", event_timestamp {df[TS].min():%Y-%m-%d %H:%M}..{df[TS].max():%Y-%m-%d %H:%M}"
     rows = [_row(name, "rows", None, "ok" if len(df) else "warn", len(df), None, span)]
     if not len(df): return rows
+    rows += day_rows(name, parts)
     rows += [_row(name, "unexpected_column", c, "warn", _found(df, c), None, "a column the spec does not know")
              for c in df.columns if c not in t.dtypes and c != "dt"]
     rows += schema_rows(name, df)
