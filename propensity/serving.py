@@ -30,11 +30,11 @@ from .config import ConfigError, Settings
 if TYPE_CHECKING: from propensity.scorer import ModelBundle  # imported where used (the scorer loads LightGBM)
 
 # %% auto #0
-__all__ = ['DEV_KEY', 'MAX_EVENTS', 'MAX_BODY', 'MAX_BODY_OTHER', 'ROUTES', 'log', 'ServingConfig', 'key_ok', 'ScoreRequest',
-           'BatchRequest', 'Action', 'Contribution', 'ScoreResponse', 'BatchResponse', 'EventsRequest', 'Rejected',
-           'EventsResponse', 'validation_errors', 'BodyError', 'parse_events_body', 'split_events', 'collect',
-           'collector_pool', 'Metrics', 'fast_route', 'RespPool', 'RemoteModel', 'score_many', 'create_app',
-           'load_model_dir', 'sagemaker_app', 'cmd_serve', 'register_cli', 'run_demo']
+__all__ = ['DEV_KEY', 'MAX_EVENTS', 'MAX_BODY', 'MAX_BODY_OTHER', 'ROUTES', 'log', 'MAX_COLLECTOR_PENDING', 'ServingConfig',
+           'key_ok', 'ScoreRequest', 'BatchRequest', 'Action', 'Contribution', 'ScoreResponse', 'BatchResponse',
+           'EventsRequest', 'Rejected', 'EventsResponse', 'validation_errors', 'BodyError', 'parse_events_body',
+           'split_events', 'collect', 'collector_pool', 'Metrics', 'fast_route', 'RespPool', 'RemoteModel',
+           'score_many', 'create_app', 'load_model_dir', 'sagemaker_app', 'cmd_serve', 'register_cli', 'run_demo']
 
 # %% ../nbs/19_serving.ipynb #bc7555ae
 DEV_KEY = "demo-key"  # ONLY for `propensity serve --demo` on loopback; never accepted otherwise
@@ -449,6 +449,10 @@ class _State:
     metrics: Metrics = field(default_factory=Metrics)
     url: str | None = None
     shown_version: str | None = None
+    collector_breaker: Any = None  # the event stream's own breaker: a hung store costs a few requests, not all of them
+    collector_pending: int = 0     # requests waiting on the collector worker
+
+MAX_COLLECTOR_PENDING = 16  # beyond this, /v1/events answers 503 at once instead of queueing behind a slow stream
 
 async def _fetch(st: _State, cmds: list) -> list:
     "All HMGETs of `cmds` (None entries skipped) in one pipelined round trip; replies in `cmds` order."
@@ -501,7 +505,8 @@ def create_app(settings: Settings, registry_dir, cfg: ServingConfig | None = Non
     if policy is None and (_HERE.parent / "serving" / "policy.toml").exists(): policy = _HERE.parent / "serving" / "policy.toml"
     models = model_source(registry_dir, cfg.reload_s)   # fails here, at start, if nothing is promoted
     policies = policy_source(policy, cfg.reload_s)
-    st = _State(settings, cfg, Scorer(settings.feast_project, models, policies, CircuitBreaker(5, 0.5)))
+    st = _State(settings, cfg, Scorer(settings.feast_project, models, policies, CircuitBreaker(5, 0.5)),
+                collector_breaker=CircuitBreaker(3, 1.0))
 
     @asynccontextmanager
     async def lifespan(app):
@@ -562,12 +567,21 @@ def create_app(settings: Settings, registry_dir, cfg: ServingConfig | None = Non
         from concurrent.futures.process import BrokenProcessPool
         try: batch = parse_events_body(await request.body())
         except BodyError as e: return _json({"detail": e.detail, "errors": validation_errors(e.detail)}, 422)
-        try: r = await asyncio.get_running_loop().run_in_executor(st.pool, _worker_collect, batch, settings.stream_key)
-        except (redis.RedisError, OSError, BrokenProcessPool) as e:  # the stream is down: the sender keeps the batch and retries
-            reason = "collector_unavailable" if isinstance(e, BrokenProcessPool) else _reason(e)
-            if isinstance(e, BrokenProcessPool): st.pool = collector_pool(st.url)
-            st.metrics.errors.labels("collector_" + reason).inc()
+        def unavailable(reason: str):  # the sender keeps the batch and retries
+            st.metrics.errors.labels(reason if reason.startswith("collector_") else "collector_" + reason).inc()
             return _json({"detail": "the event stream is unavailable; retry later", "reason": reason}, 503)
+        # a store that hangs would hold every request for the worker's socket timeout, one after the other: after 3
+        # failures in a row the breaker answers at once for a second, and no more than MAX_COLLECTOR_PENDING wait
+        if st.collector_pending >= MAX_COLLECTOR_PENDING: return unavailable("collector_busy")
+        if not st.collector_breaker.allow(): return unavailable("collector_circuit_open")
+        st.collector_pending += 1
+        try: r = await asyncio.get_running_loop().run_in_executor(st.pool, _worker_collect, batch, settings.stream_key)
+        except (redis.RedisError, OSError, BrokenProcessPool) as e:
+            st.collector_breaker.failure()
+            if isinstance(e, BrokenProcessPool): st.pool = collector_pool(st.url)
+            return unavailable("collector_unavailable" if isinstance(e, BrokenProcessPool) else _reason(e))
+        finally: st.collector_pending -= 1
+        st.collector_breaker.success()
         st.metrics.events.labels("accepted").inc(r["accepted"]); st.metrics.events.labels("rejected").inc(len(r["rejected"]))
         return _json(r)
 

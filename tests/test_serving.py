@@ -7,6 +7,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -346,6 +347,25 @@ def test_online_store_outage_gives_degraded_answers_then_recovers(world, service
     assert not after["degraded"] and after["probability"] == pytest.approx(healthy["probability"], abs=1e-12)   # recovered by itself
     m = service.client.get("/metrics").text
     assert 'propensity_degraded_total{reason="online_store_circuit_open"}' in m
+
+
+def test_collector_fails_fast_while_the_store_hangs_then_recovers(world, service):
+    ev = {"event_id": "e-hang", "event_type": "page_view", "event_time": 1710158400000, "anonymous_id": "a1", "session_id": "s1"}
+    pid = world["box"]["server"].pid
+    os.kill(pid, signal.SIGSTOP)                                # the store hangs: it takes connections, answers nothing
+    try:
+        took = []
+        for _ in range(5):
+            t = time.perf_counter(); r = service.client.post("/v1/events", json={"events": [ev]})
+            took.append((r.status_code, r.json()["reason"], time.perf_counter() - t))
+    finally: os.kill(pid, signal.SIGCONT)
+    assert [s for s, _, _ in took] == [503] * 5
+    assert [x for _, x, _ in took[:3]] == ["online_store_timeout"] * 3     # each waited the worker's socket timeout ...
+    assert [x for _, x, _ in took[3:]] == ["collector_circuit_open"] * 2 and max(t for *_, t in took[3:]) < 0.2   # ... then at once
+    time.sleep(1.1)                                             # the breaker lets one request try the store again
+    r = service.client.post("/v1/events", json={"events": [{**ev, "event_id": "e-back"}]})
+    assert r.status_code == 200 and r.json()["accepted"] == 1
+    assert 'propensity_errors_total{reason="collector_circuit_open"} 2.0' in service.client.get("/metrics").text
 
 
 def test_schemathesis_finds_no_server_error(service, tmp_path):
