@@ -20,11 +20,12 @@ import pyarrow as pa
 from pandas.api.types import infer_dtype, is_bool_dtype, is_float_dtype, is_integer_dtype
 
 # %% auto #0
-__all__ = ['DTYPES', 'BLANK', 'MIN_TIME_MS', 'MAX_TIME_MS', 'EVENT_TYPES', 'PRODUCT_EVENTS', 'DEVICES', 'TRAFFIC_SOURCES',
-           'COUNTRY_RE', 'ID_CHARS', 'URL_CHARS', 'EVENT', 'ORDER', 'ORDER_ITEM', 'RETURN_REASONS', 'RETURN', 'USER',
-           'PRICE_BANDS', 'PRODUCT', 'CONTRACTS', 'Field', 'RowRule', 'Validated', 'shown', 'Contract', 'json_exact',
-           'line_text', 'parse_json_lines', 'read_jsonl', 'write_rejected', 'utc_day', 'write_table',
-           'write_partitioned', 'read_table', 'spark_certify', 'spark_fast_path']
+__all__ = ['DTYPES', 'BLANK', 'MIN_TIME_MS', 'MAX_TIME_MS', 'MAX_AHEAD_MS', 'EVENT_TYPES', 'PRODUCT_EVENTS', 'DEVICES',
+           'TRAFFIC_SOURCES', 'COUNTRY_RE', 'ID_CHARS', 'URL_CHARS', 'EVENT', 'ORDER', 'ORDER_ITEM', 'RETURN_REASONS',
+           'RETURN', 'USER', 'PRICE_BANDS', 'PRODUCT', 'CONTRACTS', 'Field', 'RowRule', 'Validated', 'shown',
+           'Contract', 'json_exact', 'ahead_of_arrival', 'line_text', 'parse_json_lines', 'read_jsonl',
+           'write_rejected', 'utc_day', 'write_table', 'write_partitioned', 'read_table', 'spark_certify',
+           'spark_fast_path']
 
 # %% ../nbs/01_contracts.ipynb #356bee5f
 DTYPES = ("string", "int64", "float64", "bool", "timestamp_ms")
@@ -34,6 +35,9 @@ _ARROW = {"string": pa.string(), "int64": pa.int64(), "float64": pa.float64(),
 _PANDAS = {"string": object, "int64": "Int64", "float64": "float64", "bool": "boolean", "timestamp_ms": "Int64"}
 MIN_TIME_MS = 946_684_800_000    # 2000-01-01T00:00:00Z
 MAX_TIME_MS = 4_102_444_800_000  # 2100-01-01T00:00:00Z
+# how far a live event's time may run ahead of its arrival: a client clock hours ahead would move the streaming job's
+# watermark past every other shopper's events, which would then be dropped as late
+MAX_AHEAD_MS = 120_000
 
 @dataclass(frozen=True)
 class Field:
@@ -218,6 +222,8 @@ class Contract:
         "Split raw records (list of dicts or DataFrame) into typed valid rows and rejected rows with reasons."
         records = None if isinstance(data, pd.DataFrame) else list(data)
         raw = data if records is None else pd.DataFrame.from_records(records)
+        if records is not None and len(raw) != len(records):  # a batch of only empty objects makes a frame of no rows
+            raw = pd.DataFrame(index=pd.RangeIndex(len(records)))
         raw = raw.reset_index(drop=True)
         n = len(raw)
         unknown = [c for c in raw.columns if c not in self.columns]
@@ -394,6 +400,14 @@ PRODUCT = Contract("product", (
 ), key=("product_id",), doc="Catalog product.")
 
 CONTRACTS = {c.name: c for c in (EVENT, ORDER, ORDER_ITEM, RETURN, USER, PRODUCT)}
+
+# %% ../nbs/01_contracts.ipynb #89fd4c99
+def ahead_of_arrival(event_time, arrival_ms) -> str | None:
+    "The rejection reason of a live event whose time runs more than `MAX_AHEAD_MS` ahead of its arrival, else None."
+    ahead = float(event_time) - float(arrival_ms)
+    if ahead <= MAX_AHEAD_MS: return None
+    return (f"event_time={int(event_time)}: {ahead / 1000:,.0f} s after the event arrived; expected at most {MAX_AHEAD_MS // 1000} s "
+            "ahead (a clock running ahead would move the stream's watermark past other events)")
 
 # %% ../nbs/01_contracts.ipynb #a0f8f53d
 def line_text(line: bytes | str) -> str:

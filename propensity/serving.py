@@ -206,11 +206,14 @@ def split_events(events: list) -> tuple[list[int], list[tuple[int, str]]]:
         bad.update({int(s): r for s, r in zip(v.rejected["source"], v.rejected["reason"])})
     return [i for i in range(len(events)) if i not in bad], sorted(bad.items())
 
-def collect(client, events: list, stream: str) -> dict:
-    "Validate `events` and append them to `stream` (valid) and its dead-letter stream (rejected, with reasons)."
-    from propensity.contracts import json_exact  # a lone surrogate from a broken client is kept as a `\u` escape
+def collect(client, events: list, stream: str, now_ms: int | None = None) -> dict:
+    "Validate `events` and append them to `stream` (valid) and its dead-letter stream (rejected, with reasons); an event stamped more than `MAX_AHEAD_MS` after `now_ms` (default: now) is rejected."
+    from propensity.contracts import ahead_of_arrival, json_exact  # a lone surrogate from a broken client is kept as a `\u` escape
     from propensity.livestream import dead_letter_key, publish
     ok, bad = split_events(events)
+    now_ms = time.time_ns() // 1_000_000 if now_ms is None else now_ms
+    ahead = {i: why for i in ok if (why := ahead_of_arrival(events[i]["event_time"], now_ms))}  # a clock running ahead
+    if ahead: ok, bad = [i for i in ok if i not in ahead], sorted([*bad, *ahead.items()])
     if ok: publish(client, [json_exact(events[i]) for i in ok], stream)
     if bad: publish(client, [json_exact({"record": events[i], "reason": r, "source": "collector"}) for i, r in bad],
                     dead_letter_key(stream))

@@ -144,9 +144,11 @@ def session_step(sid: str, part: int, st: SessionState | None, events: list[dict
 
 # %% ../nbs/17_streaming.ipynb #5271db6e
 def validate_entries(ids: list[str], lines: list, arrivals: list[int] | None = None):
-    """(valid frame: `EV_COLUMNS` + session_id + arrival_ms, rejected frame: id, record (the line as it came), reason), in entry order."""
+    """(valid frame: `EV_COLUMNS` + session_id + arrival_ms, rejected frame: id, record (the line as it came), reason), in entry order.
+    With `arrivals`, an event whose time runs more than `MAX_AHEAD_MS` ahead of its arrival is rejected (`ahead_of_arrival`)."""
     import pandas as pd
-    from propensity.contracts import EVENT, line_text, parse_json_lines
+    from propensity.contracts import EVENT, ahead_of_arrival, line_text, parse_json_lines
+    check_ahead = arrivals is not None
     arrivals = arrivals if arrivals is not None else [0] * len(ids)
     # parsed as the bytes they are: an entry that is not UTF-8 is rejected as such (decoded, it would pass with U+FFFD)
     raw = [b"" if l is None else bytes(l) if isinstance(l, (bytearray, memoryview)) else l if isinstance(l, (bytes, str))
@@ -166,6 +168,11 @@ def validate_entries(ids: list[str], lines: list, arrivals: list[int] | None = N
         vpos = [p for p in pos if p not in rejected_src]
         valid = good[[*EV_COLUMNS, "session_id"]].assign(quantity=good["quantity"].astype("float64"),
                                                          arrival_ms=[int(arrivals[p]) for p in vpos])
+        if check_ahead:
+            ahead = [ahead_of_arrival(t, a) for t, a in zip(valid["event_time"].tolist(), valid["arrival_ms"].tolist())]
+            if any(ahead):
+                rej_rows += [(p, why) for p, why in zip(vpos, ahead) if why]
+                valid = valid[[why is None for why in ahead]]
     else:
         valid = pd.DataFrame({c: pd.Series(dtype="float64" if c in ("price", "quantity") else ("int64" if c in ("event_time", "arrival_ms") else object))
                               for c in cols})

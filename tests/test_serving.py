@@ -233,6 +233,12 @@ def test_collector_appends_valid_events_and_dead_letters_the_rest(world, service
         r_ = service.client.post("/v1/events", content=body, headers={"content-type": "application/json"})
         assert r_.status_code == 422 and says in r_.json()["errors"][0], r_.text
     assert stream_length(r, stream) == before + 1 and stream_length(r, dead_letter_key(stream)) == dead_before + 3
+    # an event stamped an hour after it arrived (a clock running ahead) would move the stream job's watermark: rejected
+    now = int(time.time() * 1000)
+    r_ = service.client.post("/v1/events", json={"events": [{**ev, "event_id": "e-now", "event_time": now},
+                                                            {**ev, "event_id": "e-ahead", "event_time": now + 3_600_000}]}).json()
+    assert r_["accepted"] == 1 and [x["index"] for x in r_["rejected"]] == [1], r_
+    assert re.match(r"event_time=\d+: 3,60\d s after the event arrived; expected at most 120 s ahead", r_["rejected"][0]["reason"]), r_
 
 
 def test_bodies_over_the_route_limit_are_413_before_they_are_read(service):
