@@ -297,8 +297,8 @@ class TableModel:
 
     def raw(self, df: pd.DataFrame) -> np.ndarray:
         "The booster's (class-weighted, uncalibrated) scores of the rows of `df`."
-        if len(df) == 0: return np.zeros(0)
-        return self.booster.predict(model_frame(self.encoder, df, self.names))
+        X = model_frame(self.encoder, df, self.names)  # an empty table is checked for its columns too
+        return self.booster.predict(X) if len(X) else np.zeros(0)
 
     def predict(self, df: pd.DataFrame) -> np.ndarray:
         "Calibrated purchase probabilities of the rows of `df`, in row order."
