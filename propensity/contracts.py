@@ -135,10 +135,12 @@ def shown(v, limit: int = 60) -> str:
     if len(r) <= limit: return r
     return r[:limit] + f"... ({len(v):,} characters)" if isinstance(v, str) else r[:limit] + "..."
 
-def _blank(col: pd.Series) -> pd.Series:
-    "True where a string column's value is empty or only ASCII whitespace."
-    s = col.where(col.notna(), "x")
-    return s.map(lambda v: not v.strip(BLANK)).astype(bool)
+def _text_masks(col: pd.Series, blank: bool, max_length: int | None) -> tuple[np.ndarray | None, np.ndarray | None]:
+    "(empty or only ASCII whitespace, longer than `max_length`) for a typed string column (str or None), each None when not asked; one plain loop, not pandas calls (their fixed cost is most of a small batch's)."
+    xs = col.to_numpy(dtype=object)
+    b = np.fromiter((x is not None and not x.strip(BLANK) for x in xs), bool, len(xs)) if blank else None
+    n = np.fromiter((x is not None and len(x) > max_length for x in xs), bool, len(xs)) if max_length is not None else None
+    return b, n
 
 def _typed(f: Field, col: pd.Series) -> tuple[pd.Series, pd.Series]:
     "Column converted to `f`'s type, and a mask of non-null values that could not be converted."
@@ -245,15 +247,16 @@ class Contract:
             fail(bad, vals[bad].map(lambda v: f"{f.name}={shown(v)}: expected {f.expected()}"))
             present = col.notna() & ~bad
             if f.required: fail(~present & ~bad, f"{f.name}: missing (required)")
-            if f.required and f.dtype == "string":  # an id of '' or '  ' names nothing
-                blank = present & _blank(col)
-                fail(blank, vals[blank].map(lambda v: f"{f.name}={shown(v)}: expected a non-blank string (required)"))
+            blank, too_long = (_text_masks(col.where(present, None), f.required, f.max_length)
+                                if f.dtype == "string" and (f.required or f.max_length is not None) else (None, None))
+            if blank is not None and blank.any():  # an id of '' or '  ' names nothing
+                fail(pd.Series(blank, index=raw.index), vals[blank].map(lambda v: f"{f.name}={shown(v)}: expected a non-blank string (required)"))
                 present &= ~blank
             chk = pd.Series(False, index=raw.index)
             if f.allowed is not None: chk |= present & ~col.isin(f.allowed)
             if f.pattern is not None:
                 chk |= present & ~col.where(present, "").astype(str).str.fullmatch(f.pattern)
-            if f.max_length is not None: chk |= present & (col.where(present, "").astype(str).str.len() > f.max_length)
+            if too_long is not None and too_long.any(): chk |= present & too_long
             if f.min is not None: chk |= present & (col.astype("float64") < f.min)
             if f.max is not None: chk |= present & (col.astype("float64") > f.max)
             chk = chk.fillna(False).astype(bool)
