@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Mapping
 
 # %% auto #0
-__all__ = ['LOG_LEVELS', 'ConfigError', 'Settings']
+__all__ = ['LOG_LEVELS', 'DEVICES', 'TRAFFIC_SOURCES', 'COUNTRY_RE', 'ID_CHARS', 'URL_CHARS', 'ConfigError', 'Settings']
 
 # %% ../nbs/00_config.ipynb #df7062f0
 class ConfigError(ValueError):
@@ -90,3 +90,9 @@ class Settings:
         "One row per setting: name, environment variable, value, default and description."
         return [dict(name=f.name, env=f.metadata["env"], value=getattr(self, f.name),
                      default=f.default, doc=f.metadata["doc"]) for f in fields(self)]
+
+# %% ../nbs/00_config.ipynb #f52f79ba
+DEVICES = ("desktop", "mobile", "tablet")
+TRAFFIC_SOURCES = ("direct", "organic", "paid", "email", "social", "affiliate")
+COUNTRY_RE = r"[A-Z]{2}"
+ID_CHARS, URL_CHARS = 128, 2048  # longest id and page / referrer an event may carry (a megabyte 'page' is not a page)

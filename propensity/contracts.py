@@ -20,11 +20,10 @@ import pyarrow as pa
 from pandas.api.types import infer_dtype, is_bool_dtype, is_float_dtype, is_integer_dtype
 
 # %% auto #0
-__all__ = ['DTYPES', 'BLANK', 'MIN_TIME_MS', 'MAX_TIME_MS', 'MAX_AHEAD_MS', 'EVENT_TYPES', 'PRODUCT_EVENTS', 'DEVICES',
-           'TRAFFIC_SOURCES', 'COUNTRY_RE', 'ID_CHARS', 'URL_CHARS', 'EVENT', 'ORDER', 'ORDER_ITEM', 'RETURN_REASONS',
-           'RETURN', 'USER', 'PRICE_BANDS', 'PRODUCT', 'CONTRACTS', 'Field', 'RowRule', 'Validated', 'shown',
-           'Contract', 'json_exact', 'ahead_of_arrival', 'line_text', 'parse_json_lines', 'read_jsonl',
-           'write_rejected', 'utc_day', 'write_table', 'write_partitioned', 'read_table', 'spark_certify',
+__all__ = ['DTYPES', 'BLANK', 'MIN_TIME_MS', 'MAX_TIME_MS', 'MAX_AHEAD_MS', 'EVENT_TYPES', 'PRODUCT_EVENTS', 'EVENT', 'ORDER',
+           'ORDER_ITEM', 'RETURN_REASONS', 'RETURN', 'USER', 'PRICE_BANDS', 'PRODUCT', 'CONTRACTS', 'Field', 'RowRule',
+           'Validated', 'shown', 'Contract', 'json_exact', 'ahead_of_arrival', 'line_text', 'parse_json_lines',
+           'read_jsonl', 'write_rejected', 'utc_day', 'write_table', 'write_partitioned', 'read_table', 'spark_certify',
            'spark_fast_path']
 
 # %% ../nbs/01_contracts.ipynb #356bee5f
@@ -299,10 +298,7 @@ def _isnull(v) -> bool:
 EVENT_TYPES = ("page_view", "search", "product_view", "add_to_cart", "remove_from_cart",
                "cart_view", "checkout_start", "purchase", "heartbeat")
 PRODUCT_EVENTS = ("product_view", "add_to_cart", "remove_from_cart", "purchase")
-DEVICES = ("desktop", "mobile", "tablet")
-TRAFFIC_SOURCES = ("direct", "organic", "paid", "email", "social", "affiliate")
-COUNTRY_RE = r"[A-Z]{2}"
-ID_CHARS, URL_CHARS = 128, 2048  # longest id and page / referrer an event may carry (a megabyte 'page' is not a page)
+from .config import COUNTRY_RE, DEVICES, ID_CHARS, TRAFFIC_SOURCES, URL_CHARS  # shared with the scoring API
 _ID = dict(dtype="string")
 
 def _needs(field_name: str, types: tuple) -> RowRule:

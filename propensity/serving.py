@@ -81,7 +81,7 @@ def key_ok(given: str | None, keys: tuple[str, ...]) -> bool:
     return ok
 
 # %% ../nbs/19_serving.ipynb #41db3fb0
-from .contracts import COUNTRY_RE, DEVICES, ID_CHARS, TRAFFIC_SOURCES
+from .config import COUNTRY_RE, DEVICES, ID_CHARS, TRAFFIC_SOURCES  # not the contracts module: it imports pandas
 
 _ID = dict(min_length=1, max_length=ID_CHARS)
 MAX_EVENTS = 1000  # events in one POST /v1/events
