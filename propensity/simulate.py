@@ -865,7 +865,7 @@ def simulate(profile: str | Profile = "small", days: int = 7, seed: int = 42, ou
         p = out / o
         if p.is_dir(): shutil.rmtree(p)
         elif p.exists(): p.unlink()
-    if derived and progress: print(f"replaced the world in {out}; removed what was built from the old one: {', '.join(derived)}", flush=True)
+    if derived: print(f"replaced the world in {out}; removed what was built from the old one: {', '.join(derived)}", flush=True)
     out.mkdir(parents=True, exist_ok=True)
     write_table(world.catalog.products, PRODUCT, out / "tables" / "products.parquet")
     write_table(world.shoppers.users, USER, out / "tables" / "users.parquet")

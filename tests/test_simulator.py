@@ -133,12 +133,14 @@ def test_rerun_replaces_outputs_and_keeps_other_files(tmp_path):
     assert len(list((out / "truth" / "sessions").iterdir())) == 1
 
 
-def test_rerun_removes_what_was_built_from_the_old_world(tmp_path):
+def test_rerun_removes_what_was_built_from_the_old_world(tmp_path, capsys):
     out = tmp_path / "w"
     simulate("small", 1, 1, out, progress=False)
     for d in ("offline/sessions", "registry/v0001", "models/runs", "streaming/checkpoint"): (out / d).mkdir(parents=True)
+    capsys.readouterr()
     simulate("small", 1, 2, out, progress=False)
     assert not any((out / d).exists() for d in ("offline", "registry", "models", "streaming"))  # stale: gone
+    assert "removed what was built from the old one: offline, models, registry, streaming" in capsys.readouterr().out  # said, even quiet
     assert (out / "world.json").exists()
 
 
