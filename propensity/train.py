@@ -45,6 +45,8 @@ class TrainConfig:
     def __post_init__(self):
         if not 0 < self.negative_keep <= 1: raise ValueError(f"negative_keep={self.negative_keep}: expected a share in (0, 1]")
         if self.n_trials < 1: raise ValueError(f"n_trials={self.n_trials}: expected at least 1")
+        for k in ("val_days", "test_days"):
+            if getattr(self, k) < 1: raise ValueError(f"{k}={getattr(self, k)}: expected a whole number of days >= 1")
         for k in ("hpo_max_rows", "hpo_max_val_rows"):
             if getattr(self, k) < 0: raise ValueError(f"{k}={getattr(self, k)}: expected 0 (all rows) or a row count")
         if self.until is not None:
