@@ -22,9 +22,9 @@ from pandas.api.types import infer_dtype, is_bool_dtype, is_float_dtype, is_inte
 # %% auto #0
 __all__ = ['DTYPES', 'BLANK', 'MIN_TIME_MS', 'MAX_TIME_MS', 'MAX_AHEAD_MS', 'EVENT_TYPES', 'PRODUCT_EVENTS', 'EVENT', 'ORDER',
            'ORDER_ITEM', 'RETURN_REASONS', 'RETURN', 'USER', 'PRICE_BANDS', 'PRODUCT', 'CONTRACTS', 'Field', 'RowRule',
-           'Validated', 'shown', 'Contract', 'json_exact', 'ahead_of_arrival', 'line_text', 'parse_json_lines',
-           'read_jsonl', 'write_rejected', 'utc_day', 'write_table', 'write_partitioned', 'read_table', 'spark_certify',
-           'spark_fast_path']
+           'Validated', 'shown', 'Contract', 'json_exact', 'ahead_of_arrival', 'line_text', 'not_utf8',
+           'parse_json_lines', 'read_jsonl', 'write_rejected', 'utc_day', 'write_table', 'write_partitioned',
+           'read_table', 'spark_certify', 'spark_fast_path']
 
 # %% ../nbs/01_contracts.ipynb #356bee5f
 DTYPES = ("string", "int64", "float64", "bool", "timestamp_ms")
@@ -413,11 +413,15 @@ def line_text(line: bytes | str) -> str:
     "A raw line as text (a dead letter's record): bytes that are not UTF-8 become U+FFFD, everything else is kept."
     return line if isinstance(line, str) else line.decode("utf-8", "replace")
 
+def not_utf8(data: bytes) -> str | None:
+    "Why `data` is not UTF-8 (JSON text must be), naming the first bad byte and its offset; None when it is."
+    try: data.decode("utf-8")
+    except UnicodeDecodeError as u: return f"not valid UTF-8 (byte 0x{data[u.start]:02x} at offset {u.start}: {u.reason})"
+    return None
+
 def _not_json(line: bytes | str, e: Exception) -> str:
-    "Why a line is not JSON: bytes that are not UTF-8 (JSON text must be) are named by offset and byte, else orjson's message."
-    if not isinstance(line, str):
-        try: line.decode("utf-8")
-        except UnicodeDecodeError as u: return f"record: not valid UTF-8 (byte 0x{line[u.start]:02x} at offset {u.start}: {u.reason})"
+    "Why a line is not JSON: bytes that are not UTF-8 are named by offset and byte, else orjson's message."
+    if not isinstance(line, str) and (why := not_utf8(line)): return f"record: {why}"
     return f"record: not valid JSON ({e})"
 
 def parse_json_lines(lines: Iterable[bytes | str], source: str = "<lines>") -> tuple[list[dict], list[str], pd.DataFrame]:

@@ -175,10 +175,10 @@ def _no_constant(name: str):
 def parse_events_body(body: bytes) -> list:
     "The `events` list of a `POST /v1/events` body, read as strict JSON (no NaN or Infinity; integers of any size kept); `BodyError` otherwise."
     import json
+    from propensity.contracts import not_utf8
     err = lambda loc, msg, kind: BodyError([{"loc": loc, "msg": msg, "type": kind}])
     try: obj = json.loads(body, parse_constant=_no_constant)
-    except UnicodeDecodeError as e:
-        raise err(["body"], f"not valid UTF-8 (byte 0x{e.object[e.start]:02x} at offset {e.start}: {e.reason})", "json_invalid") from None
+    except UnicodeDecodeError: raise err(["body"], not_utf8(body), "json_invalid") from None
     except ValueError as e: raise err(["body"], f"not valid JSON: {e}", "json_invalid") from None
     if not isinstance(obj, dict): raise err(["body"], f"expected a JSON object {{\"events\": [...]}}, got {type(obj).__name__}", "model_type")
     detail = [{"loc": ["body", k], "msg": "Extra inputs are not permitted", "type": "extra_forbidden"} for k in obj if k != "events"]
