@@ -13,6 +13,7 @@ import hashlib
 import io
 import math
 import warnings
+import zlib
 from collections import Counter
 from itertools import islice
 from pathlib import Path
@@ -62,10 +63,24 @@ def _files(path: str | Path, suffixes: tuple[str, ...]) -> list[Path]:
     if not p.exists(): raise FileNotFoundError(f"no such file or folder: {p}")
     return [p]
 
-def _open(path: Path):
-    "Binary line reader; gzip when the file starts with the gzip magic bytes."
-    with open(path, "rb") as fh: magic = fh.read(2)
-    return gzip.open(path, "rb") if magic == b"\x1f\x8b" else open(path, "rb")
+class _Lines:
+    "Binary lines of a file, gunzipped when it starts with the gzip magic bytes; a damaged gzip stream is an error naming the file."
+    def __init__(self, path: Path):
+        with open(path, "rb") as fh: magic = fh.read(2)
+        self.path, self.fh = path, (gzip.open(path, "rb") if magic == b"\x1f\x8b" else open(path, "rb"))
+    def __enter__(self): return self
+    def __exit__(self, *exc): self.fh.close()
+    def _damaged(self, e: Exception) -> ValueError:
+        return ValueError(f"{self.path}: damaged gzip file ({type(e).__name__}: {e}); expected a whole gzip stream")
+    def readline(self) -> bytes:
+        try: return self.fh.readline()
+        except (EOFError, gzip.BadGzipFile, zlib.error) as e: raise self._damaged(e) from None
+    def __iter__(self): return self
+    def __next__(self) -> bytes:
+        if line := self.readline(): return line
+        raise StopIteration
+
+_open = _Lines
 
 def _rejected(rows: list[tuple[str, str, str]]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["record", "reason", "source"], dtype=object)
@@ -178,7 +193,9 @@ def iter_rees46(path: str | Path, chunksize: int = 100_000) -> Iterator[Validate
             header = next(csv.reader([header_line.decode("utf-8-sig").strip()]))
             missing = [c for c in REES46_COLUMNS if c not in header]
             if missing:
-                raise ValueError(f"{fp}: not a REES46 events file: header lacks {', '.join(missing)} (header: {header})")
+                shown = ", ".join(header[:12]) + (f", ... ({len(header)} columns)" if len(header) > 12 else "")
+                raise ValueError(f"{fp}: not a REES46 events file: header lacks {', '.join(missing)} "
+                                 f"(header: {shown[:200]}{'...' if len(shown) > 200 else ''})")
             lineno, prefix = 1, f"{fp}:"
             while chunk := list(islice(fh, chunksize)):
                 first, lineno = lineno + 1, lineno + len(chunk)
@@ -291,6 +308,22 @@ def otto_records(cols: dict, gap_ms: int = 30 * 60 * 1000, prices: pd.Series | N
     })
 
 # %% ../nbs/03_adapters.ipynb #f1662533
+def _check_otto(fp: Path, look: int = 100):
+    "Refuse a file none of whose first `look` non-blank lines is an OTTO session (a JSON object with `session` and `events`)."
+    seen = []
+    with _open(fp) as fh:
+        for line in fh:
+            if not line.strip(): continue
+            try: obj = orjson.loads(line)
+            except orjson.JSONDecodeError: obj = None
+            if isinstance(obj, dict) and "session" in obj and "events" in obj: return
+            seen.append(line)
+            if len(seen) >= look: break
+    if seen:
+        first = seen[0].decode("utf-8", "replace").rstrip("\r\n")
+        raise ValueError(f"{fp}: not an OTTO sessions file: none of its first {len(seen):,} lines is a JSON object with "
+                         f"session and events (line 1: {first[:80]!r}{'...' if len(first) > 80 else ''})")
+
 def iter_otto(path: str | Path, gap_minutes: float = 30, *, prices=None, unknown_price: float | None = None,
               chunksize: int = 100_000) -> Iterator[Validated]:
     "Validated events from OTTO JSON lines (file or folder, plain or gzip), one `Validated` per chunk of whole lines (~`chunksize` events)."
@@ -298,6 +331,7 @@ def iter_otto(path: str | Path, gap_minutes: float = 30, *, prices=None, unknown
     lookup = price_lookup(prices) if prices is not None else None
     warned = False
     for fp in _files(path, (".jsonl", ".jsonl.gz", ".json", ".json.gz")):
+        _check_otto(fp)
         with _open(fp) as fh:
             for cols, srcs, bad in _otto_chunks(fh, str(fp), chunksize):
                 rec = otto_records(cols, gap_ms, lookup, unknown_price)
@@ -344,26 +378,38 @@ def ingest(fmt: str, path: str | Path, out_dir: str | Path, *, overwrite: bool =
     if old and not overwrite:
         raise FileExistsError(f"{out_dir} already holds {fmt} output ({len(old)} files, e.g. {old[0]}); "
                               "use overwrite=True to replace it")
-    for f in old: f.unlink()
     if fmt == "rees46": parts = iter_rees46(path, **options)
     elif fmt == "otto": parts = iter_otto(path, **options)
     else: parts = iter([read_jsonl(path, **options)])
-    n_valid = n_rejected = n_files = 0
+    n_valid = n_rejected = 0
     first = last = None
     by_field, sessions, users, anons = Counter(), _Distinct(), _Distinct(), _Distinct()
-    for i, v in enumerate(parts):
-        if len(v.valid):
-            ev = v.valid.sort_values("event_time", kind="stable")
-            n_files += len(write_partitioned(ev, EVENT, events_dir, "event_time", name=f"part-{fmt}-{i:05d}.parquet"))
-            t = ev["event_time"]
-            first = int(t.iloc[0]) if first is None else min(first, int(t.iloc[0]))
-            last = int(t.iloc[-1]) if last is None else max(last, int(t.iloc[-1]))
-            sessions.add(ev["session_id"]); users.add(ev["user_id"]); anons.add(ev["anonymous_id"])
-            n_valid += len(ev)
-        if len(v.rejected):
-            write_rejected(v.rejected, rejected_path)
-            by_field.update(v.rejection_counts().to_dict())
-            n_rejected += len(v.rejected)
+    staged, staged_rej = [], rejected_path.with_name(f".{rejected_path.name}.partial")
+    staged_rej.unlink(missing_ok=True)
+    try:
+        for i, v in enumerate(parts):
+            if len(v.valid):
+                ev = v.valid.sort_values("event_time", kind="stable")
+                staged += write_partitioned(ev, EVENT, events_dir, "event_time", name=f".part-{fmt}-{i:05d}.parquet.partial")
+                t = ev["event_time"]
+                first = int(t.iloc[0]) if first is None else min(first, int(t.iloc[0]))
+                last = int(t.iloc[-1]) if last is None else max(last, int(t.iloc[-1]))
+                sessions.add(ev["session_id"]); users.add(ev["user_id"]); anons.add(ev["anonymous_id"])
+                n_valid += len(ev)
+            if len(v.rejected):
+                write_rejected(v.rejected, staged_rej)
+                by_field.update(v.rejection_counts().to_dict())
+                n_rejected += len(v.rejected)
+    except BaseException:  # the earlier output stays; nothing of this run is left behind
+        for f in staged: f.unlink(missing_ok=True)
+        for d in {f.parent for f in staged}:
+            if d.exists() and not any(d.iterdir()): d.rmdir()
+        staged_rej.unlink(missing_ok=True)
+        raise
+    for f in old: f.unlink()
+    for f in staged: f.rename(f.with_name(f.name[1:-len(".partial")]))
+    if staged_rej.exists(): staged_rej.rename(rejected_path)
+    n_files = len(staged)
     return {"format": fmt, "input": str(path), "n_valid": n_valid, "n_rejected": n_rejected,
             "n_sessions": len(sessions), "n_users": len(users), "n_anonymous_ids": len(anons),
             "first_event_time": first, "last_event_time": last,

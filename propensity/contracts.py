@@ -21,10 +21,10 @@ from pandas.api.types import infer_dtype, is_bool_dtype, is_float_dtype, is_inte
 
 # %% auto #0
 __all__ = ['DTYPES', 'BLANK', 'MIN_TIME_MS', 'MAX_TIME_MS', 'MAX_AHEAD_MS', 'EVENT_TYPES', 'PRODUCT_EVENTS', 'EVENT', 'ORDER',
-           'ORDER_ITEM', 'RETURN_REASONS', 'RETURN', 'USER', 'PRICE_BANDS', 'PRODUCT', 'CONTRACTS', 'Field', 'RowRule',
-           'Validated', 'shown', 'Contract', 'json_exact', 'ahead_of_arrival', 'line_text', 'not_utf8',
-           'parse_json_lines', 'read_jsonl', 'write_rejected', 'utc_day', 'write_table', 'write_partitioned',
-           'read_table', 'spark_certify', 'spark_fast_path']
+           'ORDER_ITEM', 'RETURN_REASONS', 'RETURN', 'USER', 'PRICE_BANDS', 'PRODUCT', 'CONTRACTS', 'JSONL_SUFFIXES',
+           'Field', 'RowRule', 'Validated', 'shown', 'Contract', 'json_exact', 'ahead_of_arrival', 'line_text',
+           'not_utf8', 'parse_json_lines', 'read_jsonl', 'write_rejected', 'utc_day', 'write_table',
+           'write_partitioned', 'read_table', 'spark_certify', 'spark_fast_path']
 
 # %% ../nbs/01_contracts.ipynb #356bee5f
 DTYPES = ("string", "int64", "float64", "bool", "timestamp_ms")
@@ -443,16 +443,39 @@ def parse_json_lines(lines: Iterable[bytes | str], source: str = "<lines>") -> t
     rej = pd.DataFrame(bad, columns=["record", "reason", "source"])
     return recs, srcs, rej
 
+JSONL_SUFFIXES = (".jsonl", ".jsonl.gz")
+
+def _jsonl_files(p: Path) -> list[Path]:
+    "A file, or the `*.jsonl` / `*.jsonl.gz` files under a folder; other files there are named in a warning, and a folder with none is an error."
+    if not p.is_dir(): return [p]
+    found = sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith((".", "_")))
+    files = [f for f in found if f.name.endswith(JSONL_SUFFIXES)]
+    other = [f for f in found if not f.name.endswith(JSONL_SUFFIXES)]
+    if not files:
+        raise ValueError(f"{p}: no *.jsonl or *.jsonl.gz files in this folder"
+                         + (f" ({len(other):,} other files, e.g. {other[0].name})" if other else ""))
+    if other:
+        import warnings
+        warnings.warn(f"{p}: {len(other):,} files skipped, not named *.jsonl or *.jsonl.gz (e.g. {other[0].name})")
+    return files
+
+def _read_lines(fp: Path) -> list[bytes]:
+    "The lines of a JSON-lines file, gunzipped when it starts with the gzip magic bytes; a damaged gzip stream is an error naming the file."
+    import gzip, zlib
+    data = Path(fp).read_bytes()
+    if data[:2] == b"\x1f\x8b":
+        try: data = gzip.decompress(data)
+        except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+            raise ValueError(f"{fp}: damaged gzip file ({type(e).__name__}: {e}); expected a whole gzip stream") from None
+    return data.splitlines(keepends=True)
+
 def read_jsonl(paths: str | Path | Iterable[str | Path], contract: Contract = EVENT) -> Validated:
-    "Read and validate JSON-lines files (or folders of them, recursively); malformed lines are rejected, not lost."
+    "Read and validate JSON-lines files, plain or gzip (or folders of them, recursively); malformed lines are rejected, not lost."
     if isinstance(paths, (str, Path)): paths = [paths]
-    files = []
-    for p in map(Path, paths):
-        files += sorted(p.rglob("*.jsonl")) if p.is_dir() else [p]
+    files = [f for p in map(Path, paths) for f in _jsonl_files(p)]
     recs, srcs, rejs = [], [], []
     for fp in files:
-        with open(fp, "rb") as fh:
-            r, s, bad = parse_json_lines(fh, str(fp))
+        r, s, bad = parse_json_lines(_read_lines(fp), str(fp))
         recs += r; srcs += s; rejs.append(bad)
     v = contract.validate(recs, source=srcs) if recs else Validated(contract.name, contract.empty(), rejs[0].iloc[:0] if rejs else pd.DataFrame(columns=["record", "reason", "source"]))
     v.rejected = pd.concat([r for r in [*rejs, v.rejected] if len(r)] or [v.rejected], ignore_index=True)
