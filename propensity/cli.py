@@ -16,7 +16,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from .config import ConfigError, Settings
+from .config import MAX_SEED, ConfigError, Settings
 
 # %% auto #0
 __all__ = ['SHARE_FLAGS', 'GATE_FLAGS', 'COMMAND_MODULES', 'LIBRARY_ERRORS', 'UsageError', 'cmd_config', 'cmd_simulate',
@@ -50,7 +50,12 @@ def cmd_config(args, settings: Settings) -> int:
 # %% ../nbs/09_cli.ipynb #85cb16e7
 def _parse_drift(args):
     from propensity.simulate import Drift
-    if args.drift_day is None: return None
+    if args.drift_day is None:
+        given = [f for f, v in (("--drift-segment", args.drift_segment), ("--drift-shift", args.drift_shift)) if v is not None]
+        if given: raise UsageError(f"{'/'.join(given)} given without --drift-day: expected --drift-day N too (the day the drift starts)")
+        return None
+    if args.drift_segment is None: args.drift_segment = "device=mobile"
+    if args.drift_shift is None: args.drift_shift = -0.8
     col, sep, val = args.drift_segment.partition("=")
     if not sep or not val:
         raise UsageError(f"--drift-segment={args.drift_segment!r}: expected COLUMN=VALUE, e.g. device=mobile")
@@ -73,7 +78,7 @@ def _profile(args):
 def cmd_simulate(args, settings: Settings) -> int:
     from propensity.simulate import simulate
     if args.days < 1: raise UsageError(f"--days={args.days}: expected a whole number of days >= 1")
-    if args.seed < 0: raise UsageError(f"--seed={args.seed}: expected a whole number >= 0")
+    if not 0 <= args.seed <= MAX_SEED: raise UsageError(f"--seed={args.seed}: expected a whole number from 0 to {MAX_SEED:,}")
     drift = _parse_drift(args)
     if drift is not None and drift.day >= args.days:
         raise UsageError(f"--drift-day={drift.day}: expected a day of the simulated range 0..{args.days - 1} (--days={args.days})")
@@ -132,13 +137,22 @@ def cmd_ingest(args, settings: Settings) -> int:
         if args.unknown_price is not None: opts["unknown_price"] = args.unknown_price
     elif args.prices or args.unknown_price is not None:
         raise UsageError(f"--prices/--unknown-price: only for --format otto (the {args.format} format carries prices)")
-    try: s = ingest(args.format, src, out, overwrite=args.overwrite, **opts)
-    except FileExistsError as e: raise UsageError(f"{e} (pass --overwrite)") from None
-    except ValueError as e: raise UsageError(str(e)) from None  # not a file of that format, a bad price table
+    import warnings
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try: s = ingest(args.format, src, out, overwrite=args.overwrite, **opts)
+        except FileExistsError as e: raise UsageError(f"{e} (pass --overwrite)") from None
+        except ValueError as e: raise UsageError(str(e)) from None  # not a file of that format, a damaged gzip, a bad price table
+    c = _console()
+    for w in caught: c.print(f"[yellow]warning:[/yellow] {w.message}", highlight=False, soft_wrap=True)
     rows = [[k, f"{v:,}" if isinstance(v, int) else v] for k, v in s.items()
             if not isinstance(v, dict) and v is not None and not k.endswith("_time")]
     rows += [[f"  rejected: {k}", f"{v:,}"] for k, v in s["rejected_by_field"].items()]
-    _console().print(_table(f"Ingested {args.format} from {src}", ["what", "value"], rows))
+    c.print(_table(f"Ingested {args.format} from {src}", ["what", "value"], rows))
+    if not s["n_valid"]:  # an input of the wrong kind, or one with nothing usable, is not a success
+        c.print(f"[bold red]no valid events[/bold red] in {src}: {s['n_rejected']:,} records rejected"
+                + (f" (see {s['rejected_path']})" if s["rejected_path"] else ""), highlight=False)
+        return 3
     return 0
 
 # %% ../nbs/09_cli.ipynb #4f3eed3d
@@ -319,8 +333,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=None, help="random seed (default $PROPENSITY_SEED)")
     s.add_argument("--out", help="output folder (default $PROPENSITY_DATA/world)")
     s.add_argument("--drift-day", type=int, help="day (0-based) from which one segment's conversion shifts")
-    s.add_argument("--drift-segment", default="device=mobile", help="COLUMN=VALUE of the drifting segment (default device=mobile)")
-    s.add_argument("--drift-shift", type=float, default=-0.8, help="shift of the segment's purchase logit at the decision (default -0.8)")
+    s.add_argument("--drift-segment", help="COLUMN=VALUE of the drifting segment (default device=mobile)")
+    s.add_argument("--drift-shift", type=float, help="shift of the segment's purchase logit at the decision (default -0.8)")
     for k in SHARE_FLAGS:
         s.add_argument(f"--{k.replace('_', '-')}", type=float, help=f"override the profile's {k.replace('_', ' ')}")
     s.add_argument("--quiet", action="store_true", help="no progress bar")

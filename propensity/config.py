@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Mapping
 
 # %% auto #0
-__all__ = ['LOG_LEVELS', 'DEVICES', 'TRAFFIC_SOURCES', 'COUNTRY_RE', 'ID_CHARS', 'URL_CHARS', 'ConfigError', 'Settings']
+__all__ = ['MAX_SEED', 'LOG_LEVELS', 'DEVICES', 'TRAFFIC_SOURCES', 'COUNTRY_RE', 'ID_CHARS', 'URL_CHARS', 'ConfigError',
+           'Settings']
 
 # %% ../nbs/00_config.ipynb #df7062f0
 class ConfigError(ValueError):
@@ -43,13 +44,17 @@ def _parse_master(v: str) -> str:
         raise ConfigError(f"SPARK_MASTER={v!r}: expected local[N], local[*], spark://host:port, yarn or k8s://...")
     return v
 
-def _parse_int(name, min_value: int | None = None):
+def _parse_int(name, min_value: int | None = None, max_value: int | None = None):
     def _p(v: str) -> int:
         try: x = int(v)
         except ValueError: raise ConfigError(f"{name}={v!r}: expected an integer") from None
+        if max_value is not None and not min_value <= x <= max_value:
+            raise ConfigError(f"{name}={v!r}: expected an integer from {min_value} to {max_value:,}")
         if min_value is not None and x < min_value: raise ConfigError(f"{name}={v!r}: expected an integer >= {min_value}")
         return x
     return _p
+
+MAX_SEED = 2**31 - 1  # LightGBM's seed is a C int; the simulator and Optuna take any seed up to it
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -71,7 +76,7 @@ class Settings:
     feast_project: str = _setting("PROPENSITY_FEAST_PROJECT", "propensity",
         "Feast project name; part of every online-store key.")
     seed: int = _setting("PROPENSITY_SEED", 42,
-        "Default random seed for simulations and training.", _parse_int("PROPENSITY_SEED", 0))
+        "Default random seed for simulations and training.", _parse_int("PROPENSITY_SEED", 0, MAX_SEED))
     log_level: str = _setting("PROPENSITY_LOG_LEVEL", "INFO",
         "Logging level for jobs and services.", _parse_log_level)
     stream_key: str = _setting("PROPENSITY_STREAM", "propensity:events",

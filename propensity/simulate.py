@@ -19,6 +19,7 @@ import numpy as np
 import orjson
 import pandas as pd
 
+from .config import MAX_SEED
 from .contracts import (DEVICES, EVENT, EVENT_TYPES, ORDER, ORDER_ITEM, PRODUCT, RETURN, RETURN_REASONS,
                                   USER, Contract, Field, read_table, utc_day, write_partitioned,
                                   write_table)
@@ -848,8 +849,8 @@ def simulate(profile: str | Profile = "small", days: int = 7, seed: int = 42, ou
     "Simulate `days` days of `profile` into `out`; returns the summary (also in `out/world.json`)."
     prof = PROFILES[profile] if isinstance(profile, str) else profile
     if days < 1: raise ValueError(f"days={days}: expected at least 1")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed={seed!r}: expected a whole number >= 0")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"seed={seed!r}: expected a whole number from 0 to {MAX_SEED:,}")
     if drift is not None and drift.day >= days:
         raise ValueError(f"drift day={drift.day}: expected a day of the simulated range 0..{days - 1}")
     out = Path(out)
@@ -858,15 +859,31 @@ def simulate(profile: str | Profile = "small", days: int = 7, seed: int = 42, ou
         raise FileExistsError(f"{out} holds {', '.join(found)} but no world.json: not a simulated world, so nothing "
                               "is replaced; choose an empty or new folder")
     t0 = time.perf_counter()
-    world = World.build(prof, days, seed, drift)  # before anything is removed: a failure leaves the old world whole
-    # a new world replaces the old one, and what was built from the old one (features, models, reports) with it
-    derived = [o for o in DERIVED if (out / o).exists()]
+    # the new world is written beside `out` and swapped in once whole: a failure or an interrupt leaves the old one as it was
+    final, out = out, out.parent / f".{out.name}.simulating"
+    if out.exists(): shutil.rmtree(out)  # what an earlier run killed mid-way left
+    out.mkdir(parents=True)
+    try: summary = _write_world(prof, days, seed, drift, out, progress)
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True); raise
+    # the new world replaces the old one, and what was built from the old one (features, models, reports) with it
+    derived = [o for o in DERIVED if (final / o).exists()]
     for o in OUTPUTS + DERIVED:
-        p = out / o
+        p = final / o
         if p.is_dir(): shutil.rmtree(p)
         elif p.exists(): p.unlink()
-    if derived: print(f"replaced the world in {out}; removed what was built from the old one: {', '.join(derived)}", flush=True)
-    out.mkdir(parents=True, exist_ok=True)
+    final.mkdir(parents=True, exist_ok=True)
+    for o in OUTPUTS:  # world.json last: a folder with it holds a whole world
+        if (out / o).exists(): (out / o).rename(final / o)
+    shutil.rmtree(out)
+    if derived: print(f"replaced the world in {final}; removed what was built from the old one: {', '.join(derived)}", flush=True)
+    summary["seconds"] = round(time.perf_counter() - t0, 3)  # timings stay out of world.json (byte-identical reruns)
+    summary["out"] = str(final)
+    return summary
+
+def _write_world(prof: Profile, days: int, seed: int, drift: Drift | None, out: Path, progress: bool) -> dict:
+    "Simulate into the empty folder `out`; returns the summary (also in `out/world.json`)."
+    world = World.build(prof, days, seed, drift)
     write_table(world.catalog.products, PRODUCT, out / "tables" / "products.parquet")
     write_table(world.shoppers.users, USER, out / "tables" / "users.parquet")
     (out / "truth").mkdir(parents=True, exist_ok=True)
@@ -915,9 +932,7 @@ def simulate(profile: str | Profile = "small", days: int = 7, seed: int = 42, ou
         landing_records=landing.n_lines, landing_files=landing.files, delivery=delivered,
         daily=daily.round(2).to_dict("records"))
     (out / "world.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
-    summary["seconds"] = round(time.perf_counter() - t0, 3)  # timings stay out of world.json (byte-identical reruns)
     summary["stage_seconds"] = {k: round(v, 3) for k, v in clock.items()}
-    summary["out"] = str(out)
     return summary
 
 def _progress(show: bool, days: int, name: str):

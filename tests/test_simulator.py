@@ -149,7 +149,8 @@ def test_bad_arguments_leave_the_old_world_whole(tmp_path):
     simulate("small", 1, 1, out, progress=False)
     (out / "registry").mkdir()
     before = _digest(out)
-    for kw, says in ((dict(seed=-1), "seed=-1: expected a whole number >= 0"),
+    for kw, says in ((dict(seed=-1), "seed=-1: expected a whole number from 0 to 2,147,483,647"),
+                     (dict(seed=10**10), "seed=10000000000: expected a whole number from 0 to 2,147,483,647"),
                      (dict(drift=Drift(day=3)), "drift day=3: expected a day of the simulated range 0..1")):
         with pytest.raises(ValueError, match=re.escape(says)):
             simulate("small", 2, kw.get("seed", 1), out, drift=kw.get("drift"), progress=False)
@@ -159,6 +160,26 @@ def test_bad_arguments_leave_the_old_world_whole(tmp_path):
                      (dict(column="country", value="XX"), "drift value='XX': expected a country"), (dict(day=-1), "drift day=-1")):
         with pytest.raises(ValueError, match=re.escape(says)):
             Drift(**{"day": 0, **kw})
+
+
+def test_a_failure_part_way_leaves_the_old_world_whole(tmp_path, monkeypatch):
+    "The new world is written beside the old one and swapped in whole: an interrupt on day 2 changes nothing."
+    import propensity.simulate as sim
+    out = tmp_path / "w"
+    simulate("small", 1, 1, out, progress=False)
+    (out / "registry").mkdir()
+    before = _digest(out)
+    real = sim.simulate_day
+    def interrupted(world, day):
+        if day == 1: raise KeyboardInterrupt
+        return real(world, day)
+    monkeypatch.setattr(sim, "simulate_day", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        simulate("small", 2, 5, out, progress=False)
+    assert _digest(out) == before and (out / "registry").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w"]  # nothing of the failed run is left beside it
+    monkeypatch.setattr(sim, "simulate_day", real)
+    assert simulate("small", 1, 5, out, progress=False)["out"] == str(out) and _digest(out) != before
 
 
 def test_refuses_to_replace_folders_of_something_else(tmp_path):
