@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -19,10 +20,10 @@ from rich.table import Table
 from .config import MAX_SEED, ConfigError, Settings
 
 # %% auto #0
-__all__ = ['SHARE_FLAGS', 'GATE_FLAGS', 'COMMAND_MODULES', 'LIBRARY_ERRORS', 'UsageError', 'cmd_config', 'cmd_simulate',
-           'print_world', 'cmd_summary', 'cmd_ingest', 'PipelineStop', 'cmd_features', 'cmd_quality', 'cmd_materialize',
-           'cmd_train', 'cmd_promote', 'cmd_train_table', 'cmd_predict', 'cmd_recalibrate', 'cmd_report',
-           'cmd_online_store', 'parser', 'expected_error', 'main']
+__all__ = ['SHARE_FLAGS', 'GATE_FLAGS', 'TRAIN_FLAGS', 'COMMAND_MODULES', 'LIBRARY_ERRORS', 'UsageError', 'cmd_config',
+           'cmd_simulate', 'print_world', 'cmd_summary', 'cmd_ingest', 'PipelineStop', 'cmd_features', 'cmd_quality',
+           'cmd_materialize', 'cmd_train', 'cmd_promote', 'cmd_train_table', 'cmd_predict', 'cmd_recalibrate',
+           'cmd_report', 'cmd_online_store', 'parser', 'expected_error', 'main']
 
 # %% ../nbs/09_cli.ipynb #21153bad
 class UsageError(Exception):
@@ -222,6 +223,21 @@ GATE_FLAGS = {"pr_auc_tolerance": "PR-AUC may be this much below the serving mod
               "ece_max": "overall ECE at most (default 0.01)", "segment_ece_max": "segment ECE at most (default 0.02)",
               "min_segment_support": "segments with at least this many sessions are judged (default 2000)"}
 
+def _gate_args(args) -> dict:
+    "The gate thresholds given on the command line, checked before any work starts."
+    gates = {k: getattr(args, k) for k in GATE_FLAGS if getattr(args, k) is not None}
+    for k, v in gates.items():
+        if not math.isfinite(v) or v < 0: raise UsageError(f"--{k.replace('_', '-')}={v}: expected a finite number >= 0")
+    return gates
+
+TRAIN_FLAGS = {"n_trials": "--trials", "timeout_s": "--timeout", "val_days": "--val-days", "test_days": "--test-days", "until": "--until"}
+
+def _flag_names(msg: str) -> str:
+    "A TrainConfig message in the command line's words: `n_trials=0: ...` -> `--trials=0: ...`."
+    for k, flag in TRAIN_FLAGS.items():
+        if msg.startswith(k + "="): return flag + msg[len(k):]
+    return msg
+
 def cmd_train(args, settings: Settings) -> int:
     from propensity.train import TrainConfig, train_pipeline
     data = _data_arg(args, settings)
@@ -232,15 +248,14 @@ def cmd_train(args, settings: Settings) -> int:
         cfg = TrainConfig(n_trials=args.trials, timeout_s=args.timeout, val_days=args.val_days, test_days=args.test_days,
                           until=args.until, **{k: v for k in ("hpo_max_rows", "hpo_max_val_rows")
                                                if (v := getattr(args, k)) is not None})
-    except ValueError as e: raise UsageError(str(e)) from None
-    gates = {k: getattr(args, k) for k in GATE_FLAGS if getattr(args, k) is not None}
-    for k, v in gates.items():
-        if v < 0: raise UsageError(f"--{k.replace('_', '-')}={v}: expected a number >= 0")
+    except ValueError as e: raise UsageError(_flag_names(str(e))) from None
+    gates = _gate_args(args)
     try: s = train_pipeline(data, cfg, promote=not args.no_promote, progress=not args.quiet, gates=gates)
     except (FileNotFoundError, ValueError) as e: raise UsageError(str(e)) from None
     m = s["metrics"]
     rows = [["rows train / val / test", " / ".join(f"{v:,}" for v in s["rows"].values())],
-            ["HPO trials (best validation PR-AUC)", f"{s['trials']} ({s['best_val_pr_auc']:.4f})"],
+            ["HPO trials (best validation PR-AUC)", f"{s['trials']} ({s['best_val_pr_auc']:.4f})"
+             + (f"; {s['new_trials']} new, the stored study of this split resumed" if s["new_trials"] < s["trials"] else "")],
             ["test PR-AUC / ROC-AUC", f"{m['pr_auc']:.4f} / {m['roc_auc']:.4f}"],
             ["test Brier / ECE (raw ECE)", f"{m['brier']:.5f} / {m['ece']:.4f} ({m['raw']['ece']:.4f})"],
             ["calibrator", next(c["calibrator"] for c in s["calibrator"] if c["chosen"])]]
@@ -249,7 +264,8 @@ def cmd_train(args, settings: Settings) -> int:
         what = "simulator's probability at each point" if o.get("kind") == "moment" else "session p_true"
         rows += [[f"oracle PR-AUC / Brier ({what})", f"{o['pr_auc']:.4f} / {o['brier']:.5f}"],
                  ["model / oracle: PR-AUC, Brier", f"{o['pr_auc_ratio']:.3f}, {o['brier_ratio']:.3f}"]]
-    rows += [["registered version", s["version"] or "none (gates failed)"], ["seconds", f"{s['seconds']:.1f}"]]
+    reg = (f"{s['version']}, " + ("promoted: it serves now" if s["promoted"] else "not promoted (--no-promote)")) if s["version"] else "none (gates failed)"
+    rows += [["registered version", reg], ["seconds", f"{s['seconds']:.1f}"]]
     _console().print(_table(f"Training run: {data}", ["what", "value"], rows))
     print(s["gates_summary"])
     if not s["version"]: raise PipelineStop("the candidate failed its gates; the incumbent keeps serving")
@@ -260,7 +276,8 @@ def cmd_promote(args, settings: Settings) -> int:
     reg = (Path(args.data) if args.data else settings.data_dir / "world") / "registry"
     try: rec = promote(reg, args.version, force=args.force)
     except (RegistryError, FileNotFoundError) as e: raise UsageError(str(e)) from None
-    print(f"promoted {rec['version']} (previous: {rec.get('previous') or 'none'})")
+    if rec.get("unchanged"): print(f"{rec['version']} is already the serving version (previous: {rec.get('previous') or 'none'}); nothing changed")
+    else: print(f"promoted {rec['version']} (previous: {rec.get('previous') or 'none'})")
     return 0
 
 # %% ../nbs/09_cli.ipynb #e04a12dc
@@ -285,8 +302,9 @@ def cmd_recalibrate(args, settings: Settings) -> int:
     from propensity.drift import DriftError, recalibrate
     from propensity.registry import RegistryError
     data = _data_arg(args, settings)
+    gates = _gate_args(args)
     try:
-        s = recalibrate(data, days=args.days, version=args.version, promote=not args.no_promote, progress=not args.quiet)
+        s = recalibrate(data, days=args.days, version=args.version, promote=not args.no_promote, progress=not args.quiet, **gates)
     except (DriftError, RegistryError, FileNotFoundError) as e: raise UsageError(str(e)) from None
     if not s["version"]: raise PipelineStop("the recalibrated candidate failed its gates; the incumbent keeps serving")
     return 0
@@ -366,7 +384,8 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--data", help="data folder (default $PROPENSITY_DATA/world)")
     t.add_argument("--trials", type=int, default=20, help="HPO trial budget (default 20)")
     t.add_argument("--timeout", type=float, default=900.0, help="HPO time budget in seconds (default 900)")
-    t.add_argument("--val-days", type=int, default=7); t.add_argument("--test-days", type=int, default=7)
+    t.add_argument("--val-days", type=int, default=7, help="validation days (early stopping, calibration, bands; default 7)")
+    t.add_argument("--test-days", type=int, default=7, help="test days, the last ones (metrics and gates; default 7)")
     t.add_argument("--until", help="last UTC day (YYYY-MM-DD) to train on; later days are left for monitoring and recalibration")
     t.add_argument("--no-promote", action="store_true", help="register a passing candidate without promoting it")
     for k, what in (("hpo_max_rows", "training"), ("hpo_max_val_rows", "validation")):
@@ -375,14 +394,17 @@ def parser() -> argparse.ArgumentParser:
                             f"(default {'600,000' if k == 'hpo_max_rows' else '300,000'})")
     for k, doc in GATE_FLAGS.items():
         t.add_argument(f"--{k.replace('_', '-')}", type=int if k == "min_segment_support" else float, help=f"gate: {doc}")
-    t.add_argument("--quiet", action="store_true")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(fn=cmd_train)
     rc = sub.add_parser("recalibrate", help="refit the promoted model's segment adjustment on the days after its window")
     rc.add_argument("--data", help="data folder (default $PROPENSITY_DATA/world)")
     rc.add_argument("--days", type=int, default=7, help="the last N days after the model's window (default 7)")
+    for k, doc in GATE_FLAGS.items():
+        rc.add_argument(f"--{k.replace('_', '-')}", type=int if k == "min_segment_support" else float,
+                        help=f"gate: {doc.split(' (default')[0]} (default: the model's own threshold)")
     rc.add_argument("--version", help="the version to recalibrate (default: the promoted one)")
     rc.add_argument("--no-promote", action="store_true", help="register a passing recalibration without promoting it")
-    rc.add_argument("--quiet", action="store_true")
+    rc.add_argument("--quiet", action="store_true", help="no progress lines")
     rc.set_defaults(fn=cmd_recalibrate)
     pr = sub.add_parser("promote", help="make a registered model version the serving one")
     pr.add_argument("version"); pr.add_argument("--data", help="data folder (default $PROPENSITY_DATA/world)")

@@ -20,7 +20,7 @@ from .metrics import by_segment, evaluate, segment_records
 from .train import DAY_MS, Encoder, _half, _ms, _segments
 
 # %% auto #0
-__all__ = ['DriftError', 'rows_after', 'drift_table', 'recalibrate', 'format_recalibration']
+__all__ = ['GATE_DEFAULTS', 'DriftError', 'rows_after', 'drift_table', 'recalibrate', 'format_recalibration']
 
 # %% ../nbs/20_drift.ipynb #2bf51b8c
 class DriftError(ValueError):
@@ -62,10 +62,13 @@ def _model_inputs(m, rows: pd.DataFrame):
     calibrated = calibrator_from_dict(cal["calibrator"]).predict(raw)
     return raw, calibrated, SegmentAdjuster.from_dict(cal["segments"])
 
+GATE_DEFAULTS = dict(pr_auc_tolerance=0.01, ece_max=0.01, segment_ece_max=0.02, min_segment_support=2000)
+
 def recalibrate(data_dir: str | Path, *, days: int = 7, version: str | None = None, promote: bool = True,
-                pr_auc_tolerance: float = 0.01, ece_max: float = 0.01, segment_ece_max: float = 0.02,
-                min_segment_support: int = 2000, progress: bool = True) -> dict:
-    "Refit the segment adjustment of a registered model on the `days` days after its window; returns the run's summary."
+                pr_auc_tolerance: float | None = None, ece_max: float | None = None, segment_ece_max: float | None = None,
+                min_segment_support: int | None = None, progress: bool = True) -> dict:
+    """Refit the segment adjustment of a registered model on the `days` days after its window; returns the run's summary.
+    A gate threshold left None is the one the model was registered with (else the registry's default)."""
     from propensity.contracts import read_table
     from propensity.features import spec_hash
     from propensity.registry import evaluate_gates, load, promote as promote_version, promoted, register
@@ -74,6 +77,11 @@ def recalibrate(data_dir: str | Path, *, days: int = 7, version: str | None = No
     if version is None and promoted(root) is None:
         raise DriftError(f"{root}: no promoted model to recalibrate; train one first (`propensity train --data {d}`)")
     m = load(root, version, expected_spec_hash=spec_hash())
+    stored = (m.gates or {}).get("thresholds") or {}
+    given = dict(pr_auc_tolerance=pr_auc_tolerance, ece_max=ece_max, segment_ece_max=segment_ece_max,
+                 min_segment_support=min_segment_support)
+    th = {k: v if v is not None else stored.get(k, GATE_DEFAULTS[k]) for k, v in given.items()}
+    pr_auc_tolerance, ece_max, segment_ece_max, min_segment_support = (th[k] for k in given)
     window = m.lineage.get("training_window") or {}
     ends = [v[1] for v in window.values() if isinstance(v, (list, tuple)) and len(v) == 2]
     if not ends:
@@ -98,7 +106,9 @@ def recalibrate(data_dir: str | Path, *, days: int = 7, version: str | None = No
     m_after = dict(evaluate(y[chk], after[chk]), segments=segment_records(check, "after"), raw=m.metrics.get("raw"))
     table = drift_table(check, min_support=min_segment_support, segment_ece_max=segment_ece_max)
     q = d / "quality" / "quality.json"
-    data_ok = bool(json.loads(q.read_text()).get("ok", False)) if q.exists() else False
+    if not q.exists(): raise DriftError(f"{d}: no data-quality report ({q}), which the data_checks gate reads; "
+                                        f"run `propensity quality --data {d}` first")
+    data_ok = bool(json.loads(q.read_text()).get("ok", False))
     gates = evaluate_gates(m_after, m_before, data_checks_ok=data_ok, pr_auc_tolerance=pr_auc_tolerance, ece_max=ece_max,
                            segment_ece_max=segment_ece_max, min_segment_support=min_segment_support)
     new_version = None

@@ -55,6 +55,10 @@ def _root(registry_dir) -> Path:
 
 def _version_name(n: int) -> str: return f"v{n:0{_VERSION_WIDTH}d}"
 
+def _short(x, n: int = 60) -> str:
+    "repr of a value read from a damaged file, cut to `n` characters."
+    r = repr(x); return r if len(r) <= n else r[:n] + "..."
+
 def _version_number(name: str) -> int | None:
     "The number of a version folder name (`v0007` -> 7), None for anything else."
     return int(name[1:]) if len(name) > _VERSION_WIDTH and name[0] == "v" and name[1:].isdigit() else None
@@ -205,6 +209,9 @@ def _read_verified(root: Path, version: str) -> tuple[dict, dict[str, bytes]]:
     try: manifest = json.loads((d / MANIFEST).read_bytes())
     except FileNotFoundError: raise IntegrityError(f"{version}: {MANIFEST} is missing in {d}") from None
     except ValueError as e: raise IntegrityError(f"{version}: {MANIFEST} is not valid JSON ({e})") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+        raise IntegrityError(f"{version}: {MANIFEST} is not a manifest (expected an object with version and files, "
+                             f"got {_short(manifest)})")
     if manifest.get("version") != version:
         raise IntegrityError(f"{version}: the manifest says version {manifest.get('version')!r}; the folder was renamed or copied")
     recorded, out = manifest.get("files") or {}, {}
@@ -245,9 +252,14 @@ def _spec_differences(recorded: dict, features: Sequence[Feature]) -> list[str]:
 def promoted(registry_dir) -> str | None:
     "The promoted (serving) version, or None when none was promoted."
     f = _root(registry_dir) / PROMOTED
-    try: return json.loads(f.read_bytes())["version"]
+    try: rec = json.loads(f.read_bytes())
     except FileNotFoundError: return None
-    except (ValueError, KeyError, TypeError) as e: raise RegistryError(f"{f}: not a promotion record ({e!r}); promote a version again") from None
+    except ValueError as e: raise RegistryError(f"{f}: not a promotion record ({e!r}); promote a version again") from None
+    v = rec.get("version") if isinstance(rec, dict) else None
+    if not isinstance(v, str) or _version_number(v) is None:
+        raise RegistryError(f"{f}: not a promotion record (version={_short(v)}, expected a version name like v0001); "
+                            "promote a version again")
+    return v
 
 def load(registry_dir, version: str | None = None, *, expected_spec_hash: str | None = None,
          features: Sequence[Feature] = FEATURES) -> LoadedModel:
@@ -278,9 +290,12 @@ def promote(registry_dir, version: str, *, force: bool = False) -> dict:
     gates = json.loads(files["gates.json"])
     if gates.get("passed") is False and not force:
         raise RegistryError(f"{version}: its gates did not pass ({gates.get('summary') or gates.get('failures')}); "
-                            "pass force=True to promote it anyway")
+                            "pass force=True (--force) to promote it anyway")
     try: previous = promoted(root)
     except RegistryError: previous = None  # a damaged record is what a new promotion repairs (its message says so)
+    if previous == version:  # promoting the serving version again keeps the record of the one before it
+        rec = json.loads((root / PROMOTED).read_bytes())
+        return {**rec, "unchanged": True}
     rec = {"version": version, "promoted_at": _now(), "previous": previous}
     tmp = root / f".{PROMOTED}.{uuid.uuid4().hex}"
     try:
@@ -379,9 +394,12 @@ def evaluate_gates(candidate_metrics: dict, incumbent_metrics: dict | None, *, d
     else:
         if "pr_auc" not in incumbent_metrics: raise ValueError("incumbent_metrics: missing 'pr_auc'")
         inc = _number("incumbent_metrics['pr_auc']", incumbent_metrics["pr_auc"])
+        # measured on other rows than the candidate's test set, the incumbent carries the candidate's PR-AUC on those rows
+        if "candidate_pr_auc" in incumbent_metrics: pr = _number("incumbent_metrics['candidate_pr_auc']", incumbent_metrics["candidate_pr_auc"])
+        where = f" ({incumbent_metrics['measured_on']})" if incumbent_metrics.get("measured_on") else ""
         thr = inc - pr_auc_tolerance
         checks.append(GateCheck("pr_auc", pr >= thr, pr, thr, max(thr - pr, 0.0),
-                                f"incumbent {inc:.4f} - tolerance {pr_auc_tolerance:.4f}"))
+                                f"incumbent {inc:.4f}{where} - tolerance {pr_auc_tolerance:.4f}"))
     checks.append(GateCheck("ece", ece <= ece_max, ece, ece_max, max(ece - ece_max, 0.0)))
     segs = candidate_metrics.get("segments", [])
     if isinstance(segs, pd.DataFrame): segs = segs.to_dict("records")
@@ -404,12 +422,17 @@ def evaluate_gates(candidate_metrics: dict, incumbent_metrics: dict | None, *, d
 # %% ../nbs/13_registry.ipynb #20d25e49
 def register_if_passing(registry_dir, *, metrics: dict, data_checks_ok: bool, promote_on_pass: bool = False,
                         pr_auc_tolerance: float = 0.01, ece_max: float = 0.01, segment_ece_max: float = 0.02,
-                        min_segment_support: int = 2000, **artefacts) -> tuple[str | None, GateResult]:
-    "Run the gates against the promoted version; register (and optionally promote) only on pass. `artefacts`: the other arguments of `register`."
+                        min_segment_support: int = 2000, incumbent_metrics: dict | None = None,
+                        **artefacts) -> tuple[str | None, GateResult]:
+    """Run the gates against the promoted version; register (and optionally promote) only on pass. `artefacts`: the other arguments of `register`.
+    `incumbent_metrics`: the promoted version measured on the candidate's rows (see `evaluate_gates`); without it, the
+    metrics it was registered with, which come from its own test window."""
     if "gates" in artefacts: raise TypeError("register_if_passing computes gates itself; do not pass gates=")
     root = _root(registry_dir)
     inc = promoted(root)
-    inc_metrics = json.loads(_read_verified(root, inc)[1]["metrics.json"]) if inc else None
+    inc_metrics = None
+    if inc: inc_metrics = incumbent_metrics or dict(json.loads(_read_verified(root, inc)[1]["metrics.json"]),
+                                                    measured_on=f"{inc}, on its own test window")
     result = evaluate_gates(metrics, inc_metrics, data_checks_ok=data_checks_ok, pr_auc_tolerance=pr_auc_tolerance,
                             ece_max=ece_max, segment_ece_max=segment_ece_max, min_segment_support=min_segment_support)
     if not result.passed: return None, result

@@ -8,6 +8,7 @@ Docs: https://propensity.github.io/propensity/train.html.md"""
 from __future__ import annotations
 
 import json
+import math
 from datetime import date
 import time
 import zlib
@@ -23,7 +24,8 @@ from .features import model_features
 
 # %% auto #0
 __all__ = ['DAY_MS', 'STUB_SHARE', 'BASE_PARAMS', 'DEFAULT_ECONOMICS', 'TrainConfig', 'time_split', 'downsample', 'Encoder',
-           'datasets', 'fit_booster', 'session_sample', 'search', 'oracle_at_points', 'train_pipeline', 'save_run']
+           'datasets', 'fit_booster', 'session_sample', 'search', 'oracle_at_points', 'serving_model', 'incumbent_on',
+           'train_pipeline', 'save_run']
 
 # %% ../nbs/12_train.ipynb #84e33b13
 @dataclass(frozen=True)
@@ -45,6 +47,8 @@ class TrainConfig:
     def __post_init__(self):
         if not 0 < self.negative_keep <= 1: raise ValueError(f"negative_keep={self.negative_keep}: expected a share in (0, 1]")
         if self.n_trials < 1: raise ValueError(f"n_trials={self.n_trials}: expected at least 1")
+        if not (isinstance(self.timeout_s, (int, float)) and math.isfinite(self.timeout_s) and self.timeout_s > 0):
+            raise ValueError(f"timeout_s={self.timeout_s!r}: expected a number of seconds > 0")
         for k in ("val_days", "test_days"):
             if getattr(self, k) < 1: raise ValueError(f"{k}={getattr(self, k)}: expected a whole number of days >= 1")
         for k in ("hpo_max_rows", "hpo_max_val_rows"):
@@ -192,6 +196,7 @@ def search(X, y, w, Xv, yv, cfg: TrainConfig, storage: str | None = None, study_
     spw0 = float(w[y == 0].sum() / max(w[y == 1].sum(), 1e-9))
     sampler = optuna.samplers.TPESampler(seed=cfg.seed)
     pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=50)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(study_name=study_name, storage=storage, direction="maximize", sampler=sampler,
                                 pruner=pruner, load_if_exists=True)
     if not study.trials:  # the first trial is the untuned starting point: scale_pos_weight = negatives / positives
@@ -206,7 +211,6 @@ def search(X, y, w, Xv, yv, cfg: TrainConfig, storage: str | None = None, study_
         trial.set_user_attr("rounds", int(b.best_iteration))
         trial.set_user_attr("seconds", round(time.perf_counter() - t, 2))
         return float(b.best_score["val"]["average_precision"])
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     done = len([t for t in study.trials if t.state.is_finished()])
     study.optimize(objective, n_trials=max(cfg.n_trials - done, 0), timeout=cfg.timeout_s, show_progress_bar=progress)
     return study
@@ -237,6 +241,37 @@ def oracle_at_points(d: Path, points: pd.DataFrame) -> tuple[np.ndarray | None, 
         pt, kind = load_truth(d).set_index("session_id")["p_true"].reindex(sess).to_numpy(), "session"
     return (None, None) if np.isnan(pt).any() else (pt, kind)
 
+def serving_model(root: Path):
+    "The promoted model of registry `root`, verified, or None (none promoted, or trained on another feature spec); a damaged one is an error."
+    from propensity.features import spec_hash
+    from propensity.registry import RegistryError, SpecMismatchError, load, promoted
+    try:
+        if promoted(root) is None: return None
+        return load(root, expected_spec_hash=spec_hash())
+    except SpecMismatchError: return None  # another feature spec: judged by the metrics it was registered with
+    except RegistryError as e:
+        raise RegistryError(f"the serving model cannot be checked, so no candidate can be compared with it: {e}. "
+                            f"Promote a sound version (`propensity promote VERSION --data {root.parent}`) first") from None
+
+def incumbent_on(m, test: pd.DataFrame, y: np.ndarray, p: np.ndarray) -> dict | None:
+    """The serving model `m` and the candidate (`p`) measured on the same test rows, for the PR-AUC gate: the rows
+    after every day `m` was fitted or calibrated on (the whole test window in a weekly run); None when `m` is None
+    or saw every test day (the gate then uses the metrics `m` was registered with)."""
+    if m is None: return None
+    from propensity.drift import _model_inputs
+    from propensity.metrics import evaluate
+    window = m.lineage.get("training_window") or {}
+    seen = [v[1] for k, v in window.items() if k != "test" and isinstance(v, (list, tuple)) and len(v) == 2]
+    days = pd.to_datetime(test["event_timestamp"], utc=True).dt.strftime("%Y-%m-%d").to_numpy()
+    rows = days > max(seen) if seen else np.ones(len(test), dtype=bool)
+    if not rows.any() or y[rows].min() == y[rows].max(): return None
+    sub = test[rows].reset_index(drop=True)
+    _, calibrated, adjuster = _model_inputs(m, sub)
+    inc = adjuster.transform(calibrated, _segments(sub))
+    where = (f"{m.version}, on the same {int(rows.sum()):,} test rows" if rows.all() else
+             f"{m.version} and the candidate on the {int(rows.sum()):,} of {len(rows):,} test rows after {max(seen)}, the last day {m.version} was fitted on")
+    return dict(pr_auc=evaluate(y[rows], inc)["pr_auc"], candidate_pr_auc=evaluate(y[rows], p[rows])["pr_auc"], measured_on=where)
+
 def train_pipeline(data_dir: str | Path, cfg: TrainConfig = TrainConfig(), *, promote: bool = True,
                    economics: dict | None = None, gates: dict | None = None, progress: bool = False) -> dict:
     """Train, calibrate, evaluate, gate and register a model from `data_dir`; returns the run's summary.
@@ -246,9 +281,13 @@ def train_pipeline(data_dir: str | Path, cfg: TrainConfig = TrainConfig(), *, pr
     from propensity.features import spec_hash
     from propensity.metrics import evaluate, segment_records
     from propensity.registry import BandEconomics, propose_bands, register_if_passing
-    t0 = time.perf_counter(); d = Path(data_dir)
+    t0 = time.perf_counter(); d = Path(data_dir); started = time.time()
     path = d / "training" / "training_set"
     if not path.exists(): raise FileNotFoundError(f"{d}: no training/training_set; run `propensity features --data {d}` first")
+    q = d / "quality" / "quality.json"
+    if not q.exists(): raise FileNotFoundError(f"{d}: no data-quality report ({q}), which the data_checks gate reads; "
+                                               f"run `propensity quality --data {d}` first (`propensity features` runs it)")
+    incumbent = serving_model(d / "registry")  # checked now: a damaged serving model is named before the search, not after
     tr = read_table(path).sort_values(["event_timestamp", "point_id"], kind="stable").reset_index(drop=True)
     masks = time_split(tr, cfg); tm, vm, sm = masks["train"], masks["val"], masks["test"]
     enc = Encoder.fit(tr[tm]); X = enc.transform(tr); y = tr["label"].astype(int).to_numpy()
@@ -290,10 +329,11 @@ def train_pipeline(data_dir: str | Path, cfg: TrainConfig = TrainConfig(), *, pr
         orders = d / "tables" / "orders.parquet"
         econ["aov"] = float(read_table(orders)["total"].mean()) if orders.exists() else 100.0
     bands = propose_bands(y[vm], p_v, economics=BandEconomics(**econ))
-    q = d / "quality" / "quality.json"
-    data_ok = bool(json.loads(q.read_text()).get("ok", False)) if q.exists() else False
+    data_ok = bool(json.loads(q.read_text()).get("ok", False))
+    inc_metrics = incumbent_on(incumbent, test, y[sm], p_t)
     version, gate_result = register_if_passing(
         d / "registry", metrics=metrics, data_checks_ok=data_ok, promote_on_pass=promote, **(gates or {}),
+        incumbent_metrics=inc_metrics,
         booster_text=booster.model_to_string(), feature_names=enc.features, spec_hash=spec_hash(),
         calibration=dict(calibrator=calibrator.to_dict(), segments=adjuster.to_dict(), encoder=enc.to_dict()),
         training_window=window, bands=bands,
@@ -302,7 +342,9 @@ def train_pipeline(data_dir: str | Path, cfg: TrainConfig = TrainConfig(), *, pr
     summary = dict(version=version, promoted=bool(version and promote), gates=gate_result.to_dict(), gates_summary=gate_result.summary(),
                 metrics=metrics, oracle=oracle, calibrator=choice.reset_index().to_dict("records"),
                 segment_adjustments=adjuster.report().to_dict("records"), bands=bands, window=window,
-                study=study.study_name, trials=len(study.trials), best_val_pr_auc=float(study.best_value), rounds=int(booster.best_iteration),
+                study=study.study_name, trials=len(study.trials),
+                new_trials=sum(1 for t in study.trials if t.datetime_start and t.datetime_start.timestamp() >= started),
+                incumbent=incumbent.version if incumbent else None, best_val_pr_auc=float(study.best_value), rounds=int(booster.best_iteration),
                 rows={k: int(m.sum()) for k, m in masks.items()}, hpo_rows=dict(train=len(ht), val=len(hv)), seconds=round(time.perf_counter() - t0, 1),
                 features=len(enc.features), stage_seconds={**clock, "evaluate_and_register": round(time.perf_counter() - t, 2)})
     summary["run_dir"] = str(save_run(d, summary, booster, enc, val.assign(raw=raw_v, score=p_v),

@@ -69,3 +69,47 @@ def test_relaxed_gates_register_promote_and_reproduce(world):
     assert s["bands"]["thresholds"]["high"] > s["bands"]["thresholds"]["medium"]
 
 
+
+
+def test_the_pr_auc_gate_compares_both_models_on_the_same_rows(world):
+    "The serving model is scored on the candidate's test rows (those after the last day it was fitted on), not judged by its own window's figure."
+    from dataclasses import replace
+    from propensity.drift import _model_inputs
+    from propensity.metrics import evaluate
+    from propensity.train import _segments
+    inc = load(world / "registry")                              # promoted by the test above
+    s = train_pipeline(world, CFG, promote=False, gates=dict(ece_max=1.0, segment_ece_max=1.0, pr_auc_tolerance=1.0))
+    assert s["incumbent"] == inc.version and s["new_trials"] == 0  # the same split resumed its study
+    tr = read_table(world / "training" / "training_set").sort_values(["event_timestamp", "point_id"], kind="stable").reset_index(drop=True)
+    test = tr[time_split(tr, CFG)["test"]].reset_index(drop=True)
+    y = test["label"].astype(int).to_numpy()
+    _, cal, adj = _model_inputs(inc, test)
+    want = evaluate(y, adj.transform(cal, _segments(test)))["pr_auc"]
+    pr = next(c for c in s["gates"]["checks"] if c["gate"] == "pr_auc")
+    assert f"incumbent {want:.4f} ({inc.version}, on the same {len(test):,} test rows)" in pr["detail"], pr
+    # a longer test window reaches into the days the serving model was fitted on: both are judged on the later rows only
+    cfg3 = replace(CFG, test_days=3)
+    s3 = train_pipeline(world, cfg3, promote=False, gates=dict(ece_max=1.0, segment_ece_max=1.0, pr_auc_tolerance=1.0))
+    pr3 = next(c for c in s3["gates"]["checks"] if c["gate"] == "pr_auc")
+    last_seen = max(v[1] for k, v in inc.lineage["training_window"].items() if k != "test")
+    assert f"test rows after {last_seen}, the last day {inc.version} was fitted on" in pr3["detail"], pr3
+    test3 = tr[time_split(tr, cfg3)["test"]].reset_index(drop=True)
+    assert s3["rows"]["test"] == len(test3) > len(test)
+
+
+def test_a_damaged_serving_model_or_a_missing_quality_report_stop_training_before_the_search(world):
+    model = world / "registry" / promoted(world / "registry") / "model.txt"
+    good = model.read_bytes()
+    model.write_bytes(good + b"x")
+    try:
+        with pytest.raises(ValueError, match="the serving model cannot be checked.*model.txt was changed after registration"):
+            train_pipeline(world, CFG)
+    finally:
+        model.write_bytes(good)
+    q = world / "quality" / "quality.json"
+    q.rename(q.with_suffix(".away"))
+    try:
+        with pytest.raises(FileNotFoundError, match="no data-quality report"):
+            train_pipeline(world, CFG)
+    finally:
+        q.with_suffix(".away").rename(q)
