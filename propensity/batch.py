@@ -11,25 +11,29 @@ import contextlib
 import json
 import math
 import os
+import re
 import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+from datetime import date
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from .config import Settings
-from .contracts import EVENT, line_text, parse_json_lines, spark_certify, spark_fast_path
+from .contracts import (EVENT, MAX_AHEAD_MS, line_text, parse_json_lines, spark_certify,
+                                  spark_fast_path)
 from .features import (ENTITIES, FEATURES, Eligibility, ScoringPolicy, SessionState, at_time, features_of, fold_session,
                                  model_features)
 
 # %% auto #0
-__all__ = ['SPARK_DEFAULTS', 'DAY_MS', 'TRAINING_KEYS', 'SEGMENT_COLUMNS', 'TRAINING_JOIN_CONF', 'spark_session', 'BatchConfig',
-           'check_lines', 'skipped_landing_files', 'read_events', 'pass_input', 'pass_schema', 'fold_sessions',
-           'settle_lines', 'label_sessions', 'user_snapshots', 'product_daily', 'product_snapshots',
-           'visitor_snapshots', 'spark_conf', 'training_set', 'NoEvents', 'run_batch']
+__all__ = ['SPARK_DEFAULTS', 'LANDING_DAY_RE', 'DAY_MS', 'TRAINING_KEYS', 'SEGMENT_COLUMNS', 'TRAINING_JOIN_CONF',
+           'spark_session', 'BatchConfig', 'landing_arrival_bound', 'ahead_of_landing', 'check_lines',
+           'skipped_landing_files', 'read_events', 'pass_input', 'pass_schema', 'fold_sessions', 'settle_lines',
+           'label_sessions', 'user_snapshots', 'product_daily', 'product_snapshots', 'visitor_snapshots', 'spark_conf',
+           'training_set', 'NoEvents', 'run_batch']
 
 # %% ../nbs/06_batch.ipynb #b01bc6d4
 SPARK_DEFAULTS = {
@@ -80,7 +84,28 @@ class BatchConfig:
 # %% ../nbs/06_batch.ipynb #9ef55791
 _EXTRA = [("_record", "string"), ("_reason", "string"), ("_source", "string")]
 
-def check_lines(lines: list, files: list, routed: list | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+# the landing zone is laid out by arrival time, as Firehose writes it (events/dt=YYYY-MM-DD/part-HH.jsonl): nothing in
+# it arrived after its last folder's day ended, so an event stamped later came from a clock running ahead. One such
+# stamp (year 2096) made the daily snapshots span 70 years and the job run out of memory; the live paths reject an
+# event stamped ahead of its arrival by the same 2-minute rule. (A bound per file would be tighter, but costs the JVM
+# a regular expression on every line's file name: +11% of the read's CPU.)
+LANDING_DAY_RE = r"dt=(\d{4}-\d{2}-\d{2})/[^/]+$"
+
+def landing_arrival_bound(files) -> int | None:
+    "The end (UTC ms) of the last arrival day of landing `files` in `dt=YYYY-MM-DD` folders; None when one is elsewhere."
+    days = []
+    for f in files:
+        m = re.search(LANDING_DAY_RE, str(f))
+        try: days.append(date.fromisoformat(m[1]))
+        except (TypeError, ValueError): return None
+    return ((max(days) - date(1970, 1, 1)).days + 1) * 86_400_000 if days else None
+
+def ahead_of_landing(event_time: int, bound: int) -> str:
+    "The rejection reason of an event stamped more than `MAX_AHEAD_MS` after the landing zone's last arrival day ended."
+    return (f"event_time={int(event_time)}: {(int(event_time) - int(bound)) / 1000:,.0f} s after the landing zone's last "
+            f"arrival day ended; expected at most {MAX_AHEAD_MS // 1000} s ahead of arrival (a clock running ahead)")
+
+def check_lines(lines: list, files: list, routed: list | None = None, arrival_ms: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The contract's verdict on raw JSON lines, read from `files` (one per line): (valid events, the contract's
     columns with `quantity` as float; rejected rows: record, reason, source = the file). With `routed` (the session id
     Spark's JSON parser read from each line, by which the line was sent to its session's partition), a valid line
@@ -92,9 +117,18 @@ def check_lines(lines: list, files: list, routed: list | None = None) -> tuple[p
     v = EVENT.validate(recs, source=labels)
     valid = v.valid.assign(quantity=v.valid["quantity"].astype("float64"))  # quantity crosses to Arrow as float
     if len(v.rejected): rej.append(v.rejected.assign(source=[files[line_of(x)] for x in v.rejected["source"]]))
+    gone = set(v.rejected["source"])
+    at = [line_of(x) for x in labels if x not in gone]  # the line of each valid row
+    if arrival_ms is not None and len(valid):  # a clock running ahead: stamped after anything in the landing zone arrived
+        ahead = valid["event_time"].to_numpy(dtype="int64") - arrival_ms > MAX_AHEAD_MS
+        if ahead.any():
+            rej.append(pd.DataFrame({
+                "record": [line_text(lines[i]).rstrip("\r\n") for i, a in zip(at, ahead) if a],
+                "reason": [ahead_of_landing(t, arrival_ms) for t in valid["event_time"][ahead]],
+                "source": [files[i] for i, a in zip(at, ahead) if a]}))
+            valid = valid[~ahead].reset_index(drop=True)
+            at = [i for i, a in zip(at, ahead) if not a]
     if routed is not None and len(valid):
-        gone = set(v.rejected["source"])
-        at = [line_of(x) for x in labels if x not in gone]  # the line of each valid row
         read = np.array([routed[i] for i in at], dtype=object)
         off = valid["session_id"].to_numpy(dtype=object) != read
         if off.any():
@@ -110,16 +144,18 @@ def check_lines(lines: list, files: list, routed: list | None = None) -> tuple[p
 def _concat_rejected(parts: list) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["record", "reason", "source"])
 
-def _validate_batches(it):
+def _validate_batches(arrival_ms: int | None = None):
     "mapInPandas: raw lines (value, source) -> contract columns + _record/_reason/_source."
     cols = EVENT.columns
-    for pdf in it:
-        good, rej = check_lines(pdf["value"].tolist(), pdf["source"].tolist())
-        if len(good): yield good.assign(_record=None, _reason=None, _source=None)
-        if len(rej):
-            yield pd.DataFrame({c: pd.Series([None] * len(rej), dtype=object) for c in cols}).assign(
-                quantity=np.nan, event_time=np.nan, price=np.nan,
-                _record=rej["record"].to_numpy(), _reason=rej["reason"].to_numpy(), _source=rej["source"].to_numpy())
+    def run(it):
+        for pdf in it:
+            good, rej = check_lines(pdf["value"].tolist(), pdf["source"].tolist(), arrival_ms=arrival_ms)
+            if len(good): yield good.assign(_record=None, _reason=None, _source=None)
+            if len(rej):
+                yield pd.DataFrame({c: pd.Series([None] * len(rej), dtype=object) for c in cols}).assign(
+                    quantity=np.nan, event_time=np.nan, price=np.nan,
+                    _record=rej["record"].to_numpy(), _reason=rej["reason"].to_numpy(), _source=rej["source"].to_numpy())
+    return run
 
 def skipped_landing_files(data_dir: Path) -> list[Path]:
     "Files of the landing zone `events/` the jobs do not read: not named *.jsonl (a gzipped or renamed part), hidden and _marker files aside."
@@ -146,13 +182,14 @@ def read_events(spark, data_dir: Path, columns=None):
     if landing.exists() and any(landing.rglob("*.jsonl")):
         raw = (spark.read.text(str(landing), recursiveFileLookup=True, pathGlobFilter="*.jsonl")
                .withColumn("source", F.input_file_name()))
+        arrival = landing_arrival_bound(landing.rglob("*.jsonl"))
         cols = list(columns or EVENT.columns)
         # the cache holds only the columns asked for, and the file name only for the lines the validator reads
-        fast, slow, parsed = spark_fast_path(EVENT, raw, keep=cols, slow_only=["source"])
+        fast, slow, parsed = spark_fast_path(EVENT, raw, keep=cols, slow_only=["source"], arrival_ms=arrival)
         schema = T.StructType([T.StructField(f.name, T.DoubleType() if f.name == "quantity" else f.dataType, True)
                                for f in EVENT.spark_schema().fields] + [T.StructField(n, T.StringType()) for n, _ in _EXTRA])
         # the lines cross to Python as bytes: one that is not UTF-8 is the validator's to reject, not Arrow's to fail on
-        checked = slow.withColumn("value", F.col("value").cast("binary")).mapInPandas(_validate_batches, schema)
+        checked = slow.withColumn("value", F.col("value").cast("binary")).mapInPandas(_validate_batches(arrival), schema)
         checked = checked.persist(StorageLevel.MEMORY_AND_DISK)  # few rows: the contract's verdicts and reasons
         valid = fast.select(*cols).unionByName(checked.filter(F.col("_reason").isNull()).select(
             *[F.col(c).cast("long").alias(c) if c == "quantity" else F.col(c) for c in cols]))
@@ -179,7 +216,8 @@ def pass_input(spark, data_dir: Path, columns=None):
     if landing.exists() and any(landing.rglob("*.jsonl")):
         raw = (spark.read.text(str(landing), recursiveFileLookup=True, pathGlobFilter="*.jsonl")
                .withColumn("source", F.input_file_name()))
-        parsed = spark_certify(EVENT, raw, keep=cols, slow_only=["source"])
+        # a line stamped after the landing zone's last arrival day is the validator's to reject (`settle_lines`)
+        parsed = spark_certify(EVENT, raw, keep=cols, slow_only=["source"], arrival_ms=landing_arrival_bound(landing.rglob("*.jsonl")))
         # the line as bytes: one that is not UTF-8 is rejected by `check_lines`, not failed on by Arrow's conversion
         return parsed.select(*cols, "_ok", F.col("value").cast("binary").alias("_line"), F.col("source").alias("_source")), "landing"
     events, _, src, _ = read_events(spark, data_dir, cols)
@@ -260,7 +298,7 @@ def _pass_rows_schema():
     return T.StructType(pass_schema().fields + [T.StructField(n, T.LongType()) for n in _PASS_EXTRA]
                         + [T.StructField(n, T.StringType()) for n in _PASS_REJECTED])
 
-def settle_lines(pdf: pd.DataFrame) -> tuple[pd.DataFrame, list[dict]]:
+def settle_lines(pdf: pd.DataFrame, arrival_ms: int | None = None) -> tuple[pd.DataFrame, list[dict]]:
     """A frame of the pass's input (`pass_input`; sorted by session, time, event id) -> (its valid events, the
     `_PASS_INPUT` columns, in that order; `rejected` rows). The lines the JVM did not certify (`_ok` false) go through
     `check_lines`; the valid ones take their place in their session. A frame without `_ok` is all certified."""
@@ -268,7 +306,7 @@ def settle_lines(pdf: pd.DataFrame) -> tuple[pd.DataFrame, list[dict]]:
     ok = pdf["_ok"].to_numpy(dtype=bool) if "_ok" in pdf else np.ones(len(pdf), bool)
     if ok.all(): return ev, []
     slow = pdf[~ok]
-    good, rej = check_lines(slow["_line"].tolist(), slow["_source"].tolist(), routed=slow["session_id"].tolist())
+    good, rej = check_lines(slow["_line"].tolist(), slow["_source"].tolist(), routed=slow["session_id"].tolist(), arrival_ms=arrival_ms)
     ev = ev[ok].astype({"event_time": "int64"}).reset_index(drop=True)
     if len(good):  # in the frame's own dtypes (Arrow gives quantity as Int64): the concat has no dtype to guess
         ev = pd.concat([ev, good[list(_PASS_INPUT)].astype(ev.dtypes.to_dict())], ignore_index=True).sort_values(
@@ -290,7 +328,7 @@ def _product_days(pdf: pd.DataFrame) -> list[dict]:
     return [{"kind": "product_day", "product_id": p, "day": d, "views": v, "carts": c, "units": u}
             for (p, d), v, c, u in zip(g.index.tolist(), g["views"].tolist(), g["carts"].tolist(), g["units"].tolist())]
 
-def _fold_partition(cfg: BatchConfig):
+def _fold_partition(cfg: BatchConfig, arrival_ms: int | None = None):
     """mapInPandas over a partition of the pass's input sorted by session, time, event id: settles the lines the JVM
     did not certify (`settle_lines`), drops duplicate deliveries (the first of each (session_id, event_id) in that
     order stays), folds the sessions, and adds the product-day counts of the de-duplicated events, the rejected
@@ -299,7 +337,7 @@ def _fold_partition(cfg: BatchConfig):
     names = [f.name for f in fields]
     objs = [f.name for f in fields if f.dataType.typeName() in ("string", "boolean")]
     def frame(pdf):
-        pdf, rejected = settle_lines(pdf)
+        pdf, rejected = settle_lines(pdf, arrival_ms)
         n = len(pdf)
         pdf = pdf.drop_duplicates(["session_id", "event_id"]).reset_index(drop=True)
         rows = fold_sessions(pdf, cfg) + _product_days(pdf) + rejected
@@ -540,8 +578,9 @@ def run_batch(data_dir: str | Path, settings: Settings | None = None, cfg: Batch
 
     def fold():  # one read and one shuffle by session; the pass settles uncertain lines, drops duplicates, counts product-days
         events, s["source"] = pass_input(spark, data_dir, _PASS_INPUT)
+        arrival = landing_arrival_bound((data_dir / "events").rglob("*.jsonl")) if s["source"] == "landing" else None
         out = (events.repartition(cfg.partitions, "session_id").sortWithinPartitions("session_id", "event_time", "event_id")
-                     .mapInPandas(_fold_partition(cfg), _pass_rows_schema()).persist(StorageLevel.MEMORY_AND_DISK))
+                     .mapInPandas(_fold_partition(cfg, arrival), _pass_rows_schema()).persist(StorageLevel.MEMORY_AND_DISK))
         c = out.filter("kind = 'stats'").agg(F.sum("n_events"), F.sum("duplicates")).first()
         s["events"] = c[0] or 0; s["duplicates_dropped"] = c[1] or 0; s["valid_records"] = s["events"] + s["duplicates_dropped"]
         rejected = out.filter("kind = 'rejected'").select(*_PASS_REJECTED)

@@ -534,11 +534,14 @@ _NOT_STRING_START = [ord(ch) for ch in "0123456789-+.{[\""]
 _BLANK_START = [ord(ch) for ch in BLANK]
 _NOT_STRING_WORDS = ("true", "false", "NaN", "INF", "Infinity")
 
-def spark_certify(contract: Contract, raw, value_col: str = "value", keep=None, slow_only: Sequence[str] = ()):
+def spark_certify(contract: Contract, raw, value_col: str = "value", keep=None, slow_only: Sequence[str] = (),
+                  arrival_ms: int | None = None):
     """Parse a Spark DataFrame of raw JSON lines in the JVM: the contract's typed columns (`keep`: only these; every
     field is still checked), the other columns of `raw`, and `_ok`, true where the line is certainly valid (its typed
     values are then those of `Contract.validate`). `value_col` (the raw line) and the `slow_only` columns keep their
-    value only where `_ok` is false: those lines are for `Contract.validate`, which decides and gives reasons."""
+    value only where `_ok` is false: those lines are for `Contract.validate`, which decides and gives reasons.
+    With `arrival_ms` (the latest time, UTC ms, any line can have arrived), a line whose `event_time` runs more than
+    `MAX_AHEAD_MS` past it is not certified either (the caller rejects it)."""
     from pyspark.sql import functions as F
     parsed = raw.withColumn("_r", F.from_json(F.col(value_col), _spark_parse_schema(contract), {
         "mode": "PERMISSIVE", "columnNameOfCorruptRecord": "_corrupt", "allowSingleQuotes": "false"}))
@@ -565,6 +568,7 @@ def spark_certify(contract: Contract, raw, value_col: str = "value", keep=None, 
         if f.max is not None: ok.append(col.isNull() | (col <= f.max))
     for r in contract.rules:
         ok.append(r.spark(F, c) if r.spark is not None else F.lit(False))
+    if arrival_ms is not None: ok.append(c("event_time") <= F.lit(int(arrival_ms) + MAX_AHEAD_MS))
     good = ok[0]
     for o in ok[1:]: good = good & F.coalesce(o, F.lit(False))
     rest = [x for x in raw.columns if x != value_col]
@@ -574,7 +578,7 @@ def spark_certify(contract: Contract, raw, value_col: str = "value", keep=None, 
                          good.alias("_ok"), F.when(~good, F.col(value_col)).alias(value_col))
 
 def spark_fast_path(contract: Contract, raw, value_col: str = "value", persist: bool = True, keep=None,
-                    slow_only: Sequence[str] = ()):
+                    slow_only: Sequence[str] = (), arrival_ms: int | None = None):
     """Split a Spark DataFrame of raw JSON lines into (certainly valid rows, typed and normalised like
     `Contract.validate` output, plus the other columns of `raw`) and (every other raw row, for `Contract.validate`),
     by `spark_certify`. With `persist`, the lines are parsed once and cached (typed columns, plus the raw line only
@@ -583,7 +587,7 @@ def spark_fast_path(contract: Contract, raw, value_col: str = "value", persist: 
     checked. `slow_only` (other columns of `raw`) are carried by the other rows only (not by the valid rows, nor
     cached for them)."""
     from pyspark.sql import functions as F
-    parsed = spark_certify(contract, raw, value_col, keep, slow_only)
+    parsed = spark_certify(contract, raw, value_col, keep, slow_only, arrival_ms)
     rest = [x for x in raw.columns if x != value_col]
     if persist:
         from pyspark import StorageLevel

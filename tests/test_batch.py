@@ -361,6 +361,20 @@ def test_landing_files_the_job_cannot_read_are_named_not_dropped(tmp_path, spark
         run_batch(tmp_path, spark=spark, progress=False)
 
 
+def test_an_event_stamped_after_its_arrival_day_is_rejected_not_folded(tmp_path, spark):
+    "One event from a clock decades ahead made the daily snapshots span to its year (the job ran out of memory)."
+    ahead = json.loads(_events(1, "s9")[0]); ahead.update(event_id="s9-far", event_time=4_000_000_000_000)
+    _landing(tmp_path, "part-00.jsonl", _events(3) + _events(3, "s9") + [json.dumps(ahead).encode()])
+    s = run_batch(tmp_path, spark=spark, progress=False)
+    assert s["events"] == 6 and s["rejected_records"] == 1
+    rejected = [json.loads(l) for f in (tmp_path / "rejected" / "batch").glob("*.json") for l in f.read_text().splitlines()]
+    assert [r["reason"] for r in rejected] == ["event_time=4000000000000: 2,290,403,200 s after the landing zone's last "
+                                               "arrival day ended; expected at most 120 s ahead of arrival (a clock running ahead)"]
+    assert rejected[0]["source"].endswith("events/dt=2024-03-04/part-00.jsonl")
+    dts = lambda t: sorted(p.name for p in (tmp_path / "offline" / t).glob("dt=*"))
+    assert dts("sessions") == ["dt=2024-03-04"] and dts("visitor_features") == ["dt=2024-03-05"], (dts("sessions"), dts("visitor_features"))
+
+
 def test_no_valid_events_stops_before_anything_is_written(tmp_path, spark):
     from propensity.batch import NoEvents
     _landing(tmp_path, "part-00.jsonl", [b"not json", b'{"event_id": "x"}'])
