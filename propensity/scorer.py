@@ -302,6 +302,8 @@ class Policy:
         if not isinstance(d, Mapping): raise PolicyError(f"{source}: expected a table of settings")
         bad = set(d) - _TOP_KEYS
         if bad: raise PolicyError(f"{source}: unknown key(s) {sorted(bad)}; expected {sorted(_TOP_KEYS)}")
+        if "version" in d and (isinstance(d["version"], bool) or d["version"] != 1):
+            raise PolicyError(f"version={d['version']!r}: expected 1 (the policy format this service reads)")
         t = d.get("thresholds", {})
         if not isinstance(t, dict) or set(t) - {"high", "medium"}: raise PolicyError(f"{source}: thresholds={t!r}: expected only high and medium")
         for k, v in t.items():
@@ -313,7 +315,7 @@ class Policy:
         u = d.get("upsell", {})
         if not isinstance(u, dict) or set(u) - {"min_cart_value"}: raise PolicyError(f"upsell={u!r}: expected only min_cart_value")
         m = u.get("min_cart_value", 0.0)
-        if isinstance(m, bool) or not isinstance(m, (int, float)) or m < 0: raise PolicyError(f"upsell.min_cart_value={m!r}: expected an amount >= 0")
+        if isinstance(m, bool) or not isinstance(m, (int, float)) or not 0 <= m < math.inf: raise PolicyError(f"upsell.min_cart_value={m!r}: expected an amount >= 0")
         return cls({k: _entry(f"bands.{k}", b[k]) for k in BAND_NAMES},
                    _entry("degraded", d.get("degraded", {"action": "none"})),
                    t.get("high"), t.get("medium"), float(m), source)
@@ -325,13 +327,26 @@ class Policy:
         except FileNotFoundError: raise PolicyError(f"{p}: no such policy file") from None
         except tomllib.TOMLDecodeError as e: raise PolicyError(f"{p}: not valid TOML ({e})") from None
         try: return cls.from_dict(d, str(p))
-        except PolicyError as e: raise PolicyError(f"{p}: {e}") from None
+        except PolicyError as e: raise (e if str(e).startswith(f"{p}:") else PolicyError(f"{p}: {e}")) from None
 
-    def thresholds(self, model_bands: Mapping) -> tuple[float, float]:
-        "(high, medium): the policy's where set, else the model's."
+    def _effective(self, model_bands: Mapping) -> tuple[float, float]:
         t = model_bands.get("thresholds", {})
         hi = self.high if self.high is not None else float(t.get("high", 1.0))
-        med = self.medium if self.medium is not None else float(t.get("medium", hi))
+        return hi, self.medium if self.medium is not None else float(t.get("medium", hi))
+
+    def check(self, model_bands: Mapping) -> "Policy":
+        "This policy, if its thresholds and the model's (where the policy sets none) are in order; else a `PolicyError` naming both."
+        hi, med = self._effective(model_bands)
+        if med > hi:
+            mine, theirs = ("high", "medium") if self.high is not None else ("medium", "high")
+            raise PolicyError(f"{self.source}: thresholds.{mine}={getattr(self, mine)} and the model's {theirs} threshold "
+                              f"{hi if theirs == 'high' else med} (bands.json) leave medium={med} above high={hi}: no session "
+                              f"would be in the medium band; set thresholds.{theirs} too (expected medium <= high)")
+        return self
+
+    def thresholds(self, model_bands: Mapping) -> tuple[float, float]:
+        "(high, medium): the policy's where set, else the model's (a pair out of order, see `check`, is capped at high)."
+        hi, med = self._effective(model_bands)
         return hi, min(med, hi)
 
     def band(self, p: float, model_bands: Mapping) -> str:
@@ -399,11 +414,15 @@ def model_source(registry_dir, interval: float = 1.0) -> Reloading:
     root = Path(registry_dir)
     return Reloading(lambda: ModelBundle.load(root), lambda: [root / "promoted.json"], interval, "model")
 
-def policy_source(path: str | Path | None, interval: float = 1.0) -> Reloading:
-    "The policy of file `path` (the built-in default when None), reloaded when the file changes."
+def policy_source(path: str | Path | None, interval: float = 1.0, models: Reloading | None = None) -> Reloading:
+    """The policy of file `path` (the built-in default when None), reloaded when the file changes. With `models`, a
+    policy whose thresholds cross the serving model's (`Policy.check`) is refused like an invalid one."""
     if path is None: return Reloading(lambda: DEFAULT_POLICY, lambda: [], interval, "policy")
     p = Path(path)
-    return Reloading(lambda: Policy.from_file(p), lambda: [p], interval, "policy")
+    def load():
+        pol = Policy.from_file(p)
+        return pol.check(models.current.model.bands) if models is not None else pol
+    return Reloading(load, lambda: [p], interval, "policy")
 
 # %% ../nbs/18_scorer.ipynb #55143b9c
 class CircuitBreaker:

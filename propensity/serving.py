@@ -498,6 +498,14 @@ async def score_many(st: _State, reqs: list[dict]) -> list[dict]:
     return out
 
 # %% ../nbs/19_serving.ipynb #dd5b07c6
+def _policy_problem(policies, mb) -> str | None:
+    "The policy file's error, else a conflict between the serving policy and a model promoted after it (`Policy.check`)."
+    from propensity.scorer import PolicyError
+    if policies.error: return policies.error
+    try: policies.current.check(mb.model.bands)
+    except PolicyError as e: return f"PolicyError: {e}"
+    return None
+
 def create_app(settings: Settings, registry_dir, cfg: ServingConfig | None = None, *, redis_url: str | None = None,
                fast_path: bool = True) -> FastAPI:
     "The scoring service for the promoted model of `registry_dir` and the online store of `settings` (or `redis_url`); `fast_path`: the front serves the scoring routes (see `_Front`)."
@@ -507,7 +515,7 @@ def create_app(settings: Settings, registry_dir, cfg: ServingConfig | None = Non
     policy = cfg.policy
     if policy is None and (_HERE.parent / "serving" / "policy.toml").exists(): policy = _HERE.parent / "serving" / "policy.toml"
     models = model_source(registry_dir, cfg.reload_s)   # fails here, at start, if nothing is promoted
-    policies = policy_source(policy, cfg.reload_s)
+    policies = policy_source(policy, cfg.reload_s, models)  # one whose thresholds cross the model's is refused
     st = _State(settings, cfg, Scorer(settings.feast_project, models, policies, CircuitBreaker(5, 0.5)),
                 collector_breaker=CircuitBreaker(3, 1.0))
 
@@ -601,7 +609,7 @@ def create_app(settings: Settings, registry_dir, cfg: ServingConfig | None = Non
         except Exception as e: store = _reason(e)
         ok = store == "ok"
         return _json({"ready": ok, "model_version": mb.version, "online_store": store, "breaker": st.scorer.breaker.state,
-                      "model_error": models.error, "policy": str(policies.current.source), "policy_error": policies.error,
+                      "model_error": models.error, "policy": str(policies.current.source), "policy_error": _policy_problem(policies, mb),
                       "model_endpoint": cfg.model_endpoint is not None}, 200 if ok else 503)
 
     @app.get("/metrics", summary="Prometheus metrics")
