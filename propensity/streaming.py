@@ -24,15 +24,15 @@ from .features import SessionState, features_of
 from .livestream import FIELD, START, dead_letter_key, parse_id
 
 # %% auto #0
-__all__ = ['EV_KEYS', 'EV_COLUMNS', 'SESSION_FEATURES', 'SOURCE_NAME', 'SOURCE_SCHEMA', 'ONLINE_LUA', 'OUTPUT_DDL', 'ROCKSDB',
-           'VALID_DDL', 'SCANS', 'StreamConfig', 'StreamPaths', 'part_id', 'session_step', 'validate_entries',
-           'pack_events', 'split_range', 'read_entries', 'register_source', 'write_dead_letters', 'pending_key',
-           'stage_dead_letters', 'flush_dead_letters', 'write_dead_letter_file', 'online_args', 'write_online',
-           'landing_files', 'landing_lines', 'replay', 'output_ddl', 'pack_rows', 'unpack_rows', 'packed_events',
-           'encode_bucket', 'decode_bucket', 'evict_expired', 'bucket_step', 'bucket_timer', 'build_query',
-           'offline_table', 'Sink', 'metrics_line', 'Stopper', 'run_stream', 'check_layout', 'committed_offset',
-           'read_metrics', 'count_after', 'status', 'reset', 'cmd_replay', 'print_status', 'cmd_stream',
-           'add_stream_args', 'register_cli']
+__all__ = ['EV_KEYS', 'EV_COLUMNS', 'SESSION_FEATURES', 'SOURCE_NAME', 'SOURCE_SCHEMA', 'ONLINE_LUA', 'OUTPUT_DDL',
+           'PART_MEMORY_MS', 'ROCKSDB', 'VALID_DDL', 'SCANS', 'StreamConfig', 'StreamPaths', 'part_id', 'session_step',
+           'validate_entries', 'pack_events', 'split_range', 'read_entries', 'register_source', 'write_dead_letters',
+           'pending_key', 'stage_dead_letters', 'flush_dead_letters', 'write_dead_letter_file', 'online_args',
+           'write_online', 'landing_files', 'landing_lines', 'replay', 'output_ddl', 'pack_rows', 'unpack_rows',
+           'packed_events', 'encode_bucket', 'decode_bucket', 'evict_expired', 'live_sessions', 'next_due',
+           'bucket_step', 'bucket_timer', 'build_query', 'offline_table', 'Sink', 'metrics_line', 'Stopper',
+           'run_stream', 'check_layout', 'check_offset', 'committed_offset', 'read_metrics', 'count_after', 'status',
+           'reset', 'cmd_replay', 'print_status', 'cmd_stream', 'add_stream_args', 'register_cli']
 
 # %% ../nbs/17_streaming.ipynb #c15ad991
 @dataclass(frozen=True)
@@ -53,13 +53,13 @@ class StreamConfig:
         if self.source not in ("redis", "files"): raise ValueError(f"source={self.source!r}: expected 'redis' or 'files'")
         for name in ("inactivity_minutes", "lateness_minutes"):
             v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and v >= 0 and v == v):
-                raise ValueError(f"{name}={v!r}: expected a number of minutes >= 0")
+            if not (isinstance(v, (int, float)) and 0 <= v < float("inf")):
+                raise ValueError(f"{name}={v!r}: expected a finite number of minutes >= 0")
         if self.inactivity_minutes == 0: raise ValueError("inactivity_minutes=0: expected a timeout > 0 minutes")
         if not (isinstance(self.trigger_ms, int) and self.trigger_ms >= 0):
             raise ValueError(f"trigger_ms={self.trigger_ms!r}: expected whole milliseconds >= 0")
         if self.max_rows_per_batch is not None and not (isinstance(self.max_rows_per_batch, int) and self.max_rows_per_batch > 0):
-            raise ValueError(f"max_rows_per_batch={self.max_rows_per_batch!r}: expected a whole number > 0 or None")
+            raise ValueError(f"max_rows_per_batch={self.max_rows_per_batch!r}: expected a whole number > 0 (or none: all available)")
         if self.api not in ("pandas", "rows"): raise ValueError(f"api={self.api!r}: expected 'pandas' or 'rows'")
         if not (isinstance(self.partitions, int) and self.partitions > 0):
             raise ValueError(f"partitions={self.partitions!r}: expected a whole number > 0")
@@ -528,7 +528,9 @@ def _processor_class(api: str = "pandas"):
 
         def _step(self, sid, events, arrivals) -> list[dict]:
             cur = self.state.get()
-            part, st, timer = (cur[0], SessionState.from_bytes(cur[1]), cur[2]) if cur is not None else (0, None, None)
+            if cur is None: part, st, timer = 0, None, None
+            elif cur[1] is None: part, st, timer = cur[0] + 1, None, cur[2]  # back after its part ended: the next part
+            else: part, st, timer = cur[0], SessionState.from_bytes(cur[1]), cur[2]
             part, st, out = session_step(sid, part, st, events, self.gap_ms, arrivals)
             if st is not None:
                 new_timer = st.times[-1] + self.gap_ms
@@ -541,7 +543,11 @@ def _processor_class(api: str = "pandas"):
         def _expire(self, sid) -> list[dict]:
             cur = self.state.get()
             if cur is None: return []
-            self.state.clear()
+            if cur[1] is None:  # an ended part's memory ran out
+                self.state.clear(); return []
+            forget = cur[2] - self.gap_ms + PART_MEMORY_MS  # its latest event + the memory of ended parts
+            self.handle.registerTimer(forget)
+            self.state.update((cur[0], None, forget))
             return [_row("timeout", sid, cur[0], SessionState.from_bytes(cur[1]), [], 0, 0)]
 
         if api == "pandas":
@@ -570,8 +576,13 @@ def _processor_class(api: str = "pandas"):
 _PROCESSOR = {}
 
 # %% ../nbs/17_streaming.ipynb #efe2d0f7
+# an ended (evicted) part is remembered this long after its latest event, as (part, None, latest event ms), so that the
+# session id coming back starts part + 1, as the batch job names it (it was part 0 again, and overwrote the ended part's
+# features in the online store); a session id back after longer than this starts part 0 again
+PART_MEMORY_MS = 24 * 3_600_000
+
 def encode_bucket(sessions: dict) -> bytes:
-    "A bucket's state value: session id -> (part, SessionState bytes, latest event ms)."
+    "A bucket's state value: session id -> (part, SessionState bytes, latest event ms); (part, None, ms) for an ended part."
     import pickle
     return pickle.dumps(sessions, protocol=4)
 
@@ -579,14 +590,25 @@ def decode_bucket(blob: bytes) -> dict:
     import pickle
     return pickle.loads(bytes(blob)) if blob else {}
 
-def evict_expired(sessions: dict, gap_ms: int, watermark_ms: int) -> list[dict]:
-    "Remove the sessions whose latest event + `gap_ms` <= watermark (in place); their final `timeout` rows."
-    gone = [sid for sid, v in sessions.items() if v[2] + gap_ms <= watermark_ms]
+def evict_expired(sessions: dict, gap_ms: int, watermark_ms: int, memory_ms: int = PART_MEMORY_MS) -> list[dict]:
+    """End the sessions whose latest event + `gap_ms` <= watermark (in place: each becomes `(part, None, latest)`,
+    remembered for `memory_ms`); their final `timeout` rows. Ended parts older than that are forgotten."""
     rows = []
-    for sid in gone:
-        part, b, _ = sessions.pop(sid)
-        rows.append(_row("timeout", sid, part, SessionState.from_bytes(b), [], 0, 0))
+    for sid, (part, b, last) in list(sessions.items()):
+        if b is None:
+            if last + memory_ms <= watermark_ms: del sessions[sid]
+        elif last + gap_ms <= watermark_ms:
+            rows.append(_row("timeout", sid, part, SessionState.from_bytes(b), [], 0, 0))
+            sessions[sid] = (part, None, last)
     return rows
+
+def live_sessions(sessions: dict) -> int:
+    "The sessions of a bucket that are not ended parts."
+    return sum(1 for v in sessions.values() if v[1] is not None)
+
+def next_due(sessions: dict, gap_ms: int, memory_ms: int = PART_MEMORY_MS) -> int | None:
+    "The earliest time a bucket has something to evict (a live session's timeout, an ended part's memory); None when empty."
+    return min((v[2] + (gap_ms if v[1] is not None else memory_ms) for v in sessions.values()), default=None)
 
 def bucket_step(sessions: dict, sids: list[str], events: list[dict], gap_ms: int, watermark_ms: int,
                 arrivals: list[int] | None = None) -> list[dict]:
@@ -598,7 +620,9 @@ def bucket_step(sessions: dict, sids: list[str], events: list[dict], gap_ms: int
     rows = []
     for sid, idx in by.items():
         cur = sessions.get(sid)
-        part, st = (cur[0], SessionState.from_bytes(cur[1])) if cur is not None else (0, None)
+        if cur is None: part, st = 0, None
+        elif cur[1] is None: part, st = cur[0] + 1, None  # the session came back after its part ended: the next part
+        else: part, st = cur[0], SessionState.from_bytes(cur[1])
         part, st, out = session_step(sid, part, st, [events[i] for i in idx], gap_ms, [arrivals[i] for i in idx])
         rows += out
         if st is not None: sessions[sid] = (part, st.to_bytes(), st.times[-1])
@@ -641,14 +665,14 @@ def _bucket_processor_class(api: str = "pandas"):
             cur = self.state.get()
             sessions, timer = (decode_bucket(cur[0]), cur[1]) if cur is not None else ({}, None)
             out = bucket_step(sessions, sids, events, self.gap_ms, watermark_ms, arrivals)
-            due = min(v[2] for v in sessions.values()) + self.gap_ms if sessions else None
+            due = next_due(sessions, self.gap_ms)
             new_timer = bucket_timer(timer, due, fired)
             if new_timer != timer:
                 if timer is not None and timer != fired: self.handle.deleteTimer(timer)  # Spark deletes a fired timer
                 if new_timer is not None: self.handle.registerTimer(new_timer)
             if sessions: self.state.update((encode_bucket(sessions), new_timer))
             elif cur is not None: self.state.clear()
-            out.append(_count_row(bucket, len(sessions)))
+            out.append(_count_row(bucket, live_sessions(sessions)))
             return out
 
         if api == "pandas":
@@ -910,13 +934,14 @@ def run_stream(data_dir: str | Path, settings: Settings | None = None, cfg: Stre
     if spark is None:
         from propensity.batch import spark_session
         spark = spark_session(settings, "propensity-stream", **{"spark.sql.shuffle.partitions": str(cfg.partitions)})
-    check_layout(paths, cfg)
+    check_layout(paths, cfg, settings.stream_key)
+    r = _client(url)
+    if cfg.source == "redis": check_offset(paths, r, settings.stream_key)
     sink = Sink(url, settings.feast_project, paths, cfg.state, settings.stream_key if cfg.source == "redis" else None)
     saved = {k: spark.conf.get(k, None) for k in _CONFS}  # a shared session gets its settings back at the end
     df = build_query(spark, settings, paths.root, cfg, url)
     w = df.writeStream.foreachBatch(sink).option("checkpointLocation", str(paths.checkpoint)).queryName("session_features")
     w = w.trigger(processingTime=f"{cfg.trigger_ms} milliseconds") if cfg.trigger_ms else w
-    r = _client(url)
     t0 = time.monotonic(); seen = set(); totals = dict(batches=0, input_rows=0, rejected=0, late_dropped=0,
         duplicates_dropped=0, sessions_updated=0, sessions_evicted=0, online_written=0)
     last = {}; dead_total = _count_lines(paths.dead_letter_dir) if cfg.source == "files" else 0
@@ -954,7 +979,14 @@ def run_stream(data_dir: str | Path, settings: Settings | None = None, cfg: Stre
         why = None; idle_since = None
         try:
             while why is None:
-                if q.exception() is not None: raise RuntimeError(f"streaming query failed: {q.exception()}")
+                if q.exception() is not None:
+                    e = str(q.exception())
+                    if "ConnectionError" in e or "Connection refused" in e:  # the online store went away: one line, not 300
+                        from propensity.onlinestore import OnlineStoreError, _redact
+                        raise OnlineStoreError(f"the online store ({_redact(url)}) stopped answering during batch "
+                                               f"{last.get('batch_id', 0) + 1 if last else 0}; the checkpoint keeps the last "
+                                               f"committed batch: start the store again and rerun the job")
+                    raise RuntimeError(f"streaming query failed: {e}")
                 if not q.isActive: why = "query ended"; break
                 time.sleep(0.2)
                 drain()
@@ -986,18 +1018,29 @@ def _layout_text(x: dict) -> str:
     return (f"state={x['state']!r}{'' if x['buckets'] is None else ' buckets=' + str(x['buckets'])} "
             f"dedup step {'on' if x['dedup'] else 'off'}")
 
-def check_layout(paths: StreamPaths, cfg: StreamConfig) -> dict:
+def check_layout(paths: StreamPaths, cfg: StreamConfig, stream: str | None = None) -> dict:
     """The checkpoint's plan layout (`state`, `buckets`, whether the dedup step runs: each changes the stateful
     operators Spark's checkpoint holds): recorded on the first run, checked on every restart. A checkpoint without
     the record is a per-session one from before bucketed state; a record without `dedup` is from before the step
     became automatic, when it always ran."""
-    want = {"state": cfg.state, "buckets": cfg.buckets if cfg.state == "buckets" else None, "dedup": cfg.dedup_step}
+    want = {"state": cfg.state, "buckets": cfg.buckets if cfg.state == "buckets" else None, "dedup": cfg.dedup_step,
+            "api": cfg.api, "source": cfg.source, "stream": stream if cfg.source == "redis" else None}
     f = paths.layout
-    if f.exists(): have = {"dedup": True, **json.loads(f.read_text())}
-    elif any((paths.checkpoint / "offsets").glob("[0-9]*")): have = {"state": "sessions", "buckets": None, "dedup": True}
+    if f.exists():
+        try: rec = json.loads(f.read_text())
+        except ValueError as e: raise ValueError(f"{f}: damaged ({e}); expected the checkpoint's layout record: --reset to start over") from None
+        if not isinstance(rec, dict): raise ValueError(f"{f}: damaged (not an object); expected the checkpoint's layout record: --reset to start over")
+        # a record from before api, source and stream were kept takes this run's (what it held then went unchecked)
+        have = {"dedup": True, **{k: want[k] for k in ("api", "source", "stream")}, **rec}
+    elif any((paths.checkpoint / "offsets").glob("[0-9]*")):
+        have = {"state": "sessions", "buckets": None, "dedup": True, **{k: want[k] for k in ("api", "source", "stream")}}
     else:
         f.parent.mkdir(parents=True, exist_ok=True); f.write_text(json.dumps(want))
         return want
+    for k, flag in (("source", "--source"), ("api", "--api"), ("stream", "PROPENSITY_STREAM")):
+        if have[k] != want[k]:
+            raise ValueError(f"the checkpoint {paths.checkpoint} was made reading {k}={have[k]!r}; the job was started with "
+                             f"{k}={want[k]!r} (the checkpoint's offsets and state belong to that one: use {flag}={have[k]}, or --reset)")
     if have != want:
         how = ("--dedup on" if have["dedup"] else "--dedup off") if have["dedup"] != want["dedup"] else ""
         raise ValueError(f"the checkpoint {paths.checkpoint} holds {_layout_text(have)}; the job was started with "
@@ -1005,24 +1048,41 @@ def check_layout(paths: StreamPaths, cfg: StreamConfig) -> dict:
     f.write_text(json.dumps(have))
     return have
 
+def check_offset(paths: StreamPaths, r, stream: str) -> None:
+    "Refuse a checkpoint that has read `stream` past its newest entry: the stream was recreated (a fresh store, another REDIS_URL) and the job would read nothing."
+    from propensity.livestream import parse_id
+    b, off = committed_offset(paths.checkpoint)
+    if off is None: return
+    newest = _stream_last(r, stream)
+    if parse_id(off) > parse_id(newest):
+        raise ValueError(f"the checkpoint {paths.checkpoint} has read stream {stream!r} up to {off} (batch {b}), past its "
+                         f"newest entry {newest}: the stream was recreated (a fresh online store, another REDIS_URL), "
+                         f"so the job would read nothing; --reset to read it from the start")
+
 def _stream_last(r, stream: str) -> str:
     from propensity.livestream import last_id
     return last_id(r, stream)
 
 # %% ../nbs/17_streaming.ipynb #6b649f78
 def committed_offset(checkpoint: Path) -> tuple[int | None, str | None]:
-    "(batch id, source offset) of the newest committed batch of a checkpoint, or (None, None)."
-    commits = [int(p.name) for p in (checkpoint / "commits").glob("[0-9]*")] if (checkpoint / "commits").is_dir() else []
+    "(batch id, source offset) of the newest committed batch of a checkpoint, or (None, None); (b, None) when its offsets file is missing or damaged."
+    commits = [int(p.name) for p in (checkpoint / "commits").glob("[0-9]*") if p.name.isdigit()] if (checkpoint / "commits").is_dir() else []
     if not commits: return None, None
     b = max(commits)
-    lines = (checkpoint / "offsets" / str(b)).read_text().splitlines()
-    return b, _offset(lines[2]) if len(lines) > 2 else None
+    try: lines = (checkpoint / "offsets" / str(b)).read_text().splitlines()
+    except OSError: return b, None
+    try: return b, _offset(lines[2]) if len(lines) > 2 else None
+    except (ValueError, KeyError, TypeError): return b, None
 
 def read_metrics(path: Path, last: int | None = None) -> list[dict]:
-    "The metrics lines of a job (the newest `last` of them)."
+    "The metrics lines of a job (the newest `last` of them); a damaged line is shown as `{\"damaged\": line number}`, not a stop."
     if not path.exists(): return []
-    lines = path.read_text().splitlines()
-    return [json.loads(l) for l in (lines[-last:] if last else lines) if l.strip()]
+    lines = [(i, l) for i, l in enumerate(path.read_text().splitlines(), 1) if l.strip()]
+    out = []
+    for i, l in (lines[-last:] if last else lines):
+        try: out.append(json.loads(l))
+        except ValueError: out.append({"batch_id": f"line {i}: damaged"})
+    return out
 
 def count_after(client, stream: str, after: str, cap: int = 100_000, page: int = 10_000) -> int:
     "Entries of `stream` after id `after`, counted page by page up to `cap` (a larger lag is reported as `cap`)."
@@ -1040,12 +1100,17 @@ def status(data_dir: str | Path, settings: Settings | None = None, client=None, 
     paths = StreamPaths.of(data_dir)
     b, off = committed_offset(paths.checkpoint)
     out = dict(committed_batch=b, committed_offset=off, recent=read_metrics(paths.metrics, last))
-    if client is not None:
+    try: out["source"] = json.loads(paths.layout.read_text()).get("source", "redis")
+    except (OSError, ValueError, AttributeError): out["source"] = None
+    if out["source"] == "files":  # the landing folder's job: its dead letters are the folder's lines; no stream lag
+        out["dead_letters"] = _count_lines(paths.dead_letter_dir)
+    elif client is not None:
         from propensity.livestream import last_id
         newest = last_id(client, settings.stream_key)
         out["stream_last_id"] = newest
         after = off or START
-        out["lag_ms"] = max(0, parse_id(newest)[0] - parse_id(after)[0]) if newest != START else 0
+        # nothing committed yet: the whole stream is the lag, in entries (a time lag from the epoch means nothing)
+        out["lag_ms"] = max(0, parse_id(newest)[0] - parse_id(after)[0]) if newest != START and off else None
         out["lag_entries"] = count_after(client, settings.stream_key, after) if newest != START else 0
         out["dead_letters"] = int(client.xlen(dead_letter_key(settings.stream_key)))
     return out
@@ -1097,19 +1162,25 @@ def _config(args) -> StreamConfig:
                             api=args.api, dedup={"auto": None, "on": True, "off": False}[args.dedup], state=args.state,
                             buckets=args.buckets)
     except ValueError as e:
-        msg = str(e)
+        msg = str(e).replace("dedup=False with lateness_minutes=", "--dedup off with --lateness-minutes=").replace(
+            "> inactivity_minutes=", "> --inactivity-minutes=").replace("expected dedup=True or None", "expected --dedup on or auto")
         for name in ("source", "inactivity_minutes", "lateness_minutes", "trigger_ms", "max_rows_per_batch", "partitions",
                      "state", "buckets", "dedup"):
             flag = "--max-rows" if name == "max_rows_per_batch" else "--" + name.replace("_", "-")
             if msg.startswith(name + "="): msg = flag + msg[len(name):]
-        msg = msg.replace("dedup=False with lateness_minutes=", "--dedup off with --lateness-minutes=").replace(
-            "> inactivity_minutes=", "> --inactivity-minutes=").replace("expected dedup=True or None", "expected --dedup on or auto")
         raise UsageError(msg) from None
 
 def print_status(s: dict) -> None:
-    print(f"committed batch {s['committed_batch']} at offset {s['committed_offset']}; stream newest "
-          f"{s.get('stream_last_id')}; lag {s.get('lag_entries', '?')}{'+' if s.get('lag_entries') == 100_000 else ''} entries ({(s.get('lag_ms') or 0) / 1000:.1f} s); "
-          f"dead letters {s.get('dead_letters', '?')}")
+    head = ("no batch committed yet" if s["committed_batch"] is None else
+            f"committed batch {s['committed_batch']} at offset {s['committed_offset'] or '(offsets file missing or damaged)'}")
+    if s.get("source") == "files": tail = f"source: the landing folder; dead letters {s.get('dead_letters', '?')} (in its dead-letter folder)"
+    elif "stream_last_id" not in s: tail = "online store not running: no stream lag or dead letters (`propensity online-store start`)"
+    else:
+        n = f"{s['lag_entries']:,}{'+' if s['lag_entries'] == 100_000 else ''} entries"
+        tail = (f"stream newest {s['stream_last_id']}; lag {n}" + (f" ({s['lag_ms'] / 1000:.1f} s)" if s.get("lag_ms") is not None else "")
+                + f"; dead letters {s.get('dead_letters', '?')}")
+    print(f"{head}; {tail}")
+    if not s["recent"]: print("no batch metrics yet"); return
     keys = ("batch_id", "input_rows", "rejected", "late_dropped", "duplicates_dropped", "sessions_updated",
             "sessions_evicted", "state_rows", "batch_ms", "freshness_p50_ms", "freshness_p99_ms")
     print("  ".join(f"{k:>10}" if i else f"{k:>8}" for i, k in enumerate(("batch", "input", "rejected", "late", "dups", "updated",
@@ -1121,16 +1192,24 @@ def cmd_stream(args, settings: Settings) -> int:
     "Run the streaming job (or show its status)."
     from propensity.onlinestore import ensure_online_store
     d = _data(args, settings)
-    if args.status:
-        r = _client(settings.redis_url or ensure_online_store(settings))
-        print_status(status(d, settings, r, args.last)); r.close()
+    if args.status:  # starts nothing: a store that is not running is said so
+        from propensity.onlinestore import online_store_status
+        if args.last < 1:
+            from propensity.cli import UsageError
+            raise UsageError(f"--last={args.last}: expected a whole number of batches >= 1")
+        st = None if settings.redis_url else online_store_status(settings)  # the embedded store's URL has no password
+        url = settings.redis_url or (st["url"] if st["alive"] else None)
+        r = _client(url) if url else None
+        try: print_status(status(d, settings, r, args.last))
+        finally:
+            if r is not None: r.close()
         return 0
     cfg = _config(args)
     if args.duration is not None and not args.duration > 0:  # every argument is checked before --reset deletes anything
         from propensity.cli import UsageError
         raise UsageError(f"--duration={args.duration}: expected seconds > 0")
     if args.reset: reset(d)
-    try: check_layout(StreamPaths.of(d), cfg)
+    try: check_layout(StreamPaths.of(d), cfg, settings.stream_key)
     except ValueError as e:
         from propensity.cli import UsageError
         raise UsageError(str(e)) from None

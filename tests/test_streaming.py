@@ -19,7 +19,7 @@ from propensity.config import Settings
 from propensity.feast_repo import VIEWS, apply, decode_value, feature_store, field_name, redis_key
 from propensity.features import features_of
 from propensity.livestream import dead_letter_key, publish
-from propensity.streaming import (StreamConfig, StreamPaths, committed_offset,
+from propensity.streaming import (StreamConfig, StreamPaths, committed_offset, part_id,
                                   decode_bucket, landing_lines, read_metrics, replay, run_stream, status)
 
 HOURS = 4          # replayed slice of the simulated day (event time)
@@ -187,7 +187,7 @@ CRASH_CFG = dict(lateness_minutes=5, max_rows_per_batch=300)
 
 
 def test_bounded_state_and_crash_restart(world, tmp_path, redis_url, redis_client, spark):
-    """Bounded state: after sessions time out, the state holds only the active ones. Crash: kill -9 the job
+    """Bounded state: after sessions time out, the state holds only the active ones (and the ended parts' numbers). Crash: kill -9 the job
     (subprocess) mid-stream, restart: the same online state and offline rows as the uninterrupted run, no duplicates."""
     lines = replayed(world)
     # --- the uninterrupted run (in-process) ------------------------------------------------------------------
@@ -210,8 +210,12 @@ def test_bounded_state_and_crash_restart(world, tmp_path, redis_url, redis_clien
     assert all(last[s] + gap > wm for s in active)     # still open
     st = spark.read.format("statestore").option("path", str(StreamPaths.of(ref_dir).checkpoint)) \
         .option("operatorId", 0).option("stateVarName", "bucket").load()   # bucketed state (the default)
-    keys = [sid for r in st.select("value").collect() for sid in decode_bucket(r[0]["sessions"])]
+    blobs = [decode_bucket(r[0]["sessions"]) for r in st.select("value").collect()]
+    keys = [sid for b in blobs for sid, v in b.items() if v[1] is not None]
     assert len(keys) == len(set(keys)) and set(keys) == active
+    # an ended part stays only as its number and latest time (for 24 h), so a returning session id starts the next part
+    ended = {sid: v for b in blobs for sid, v in b.items() if v[1] is None}
+    assert {part_id(s, v[0]) for s, v in ended.items()} == evicted and all(v[2] == last[part_id(s, v[0])] for s, v in ended.items())
 
     # --- the crashed run: a subprocess killed with SIGKILL mid-stream, then restarted -------------------------
     crash_dir = tmp_path / "crash"; crash_dir.mkdir()
@@ -301,3 +305,47 @@ def test_staged_dead_letters_are_written_once_in_entry_order(redis_client):
     stage_dead_letters(redis_client, "t:st", early); stage_dead_letters(redis_client, "t:st", late)  # the batch re-run after a crash
     assert flush_dead_letters(redis_client, "t:st") == 0 and redis_client.xlen(dead_letter_key("t:st")) == 3
     assert flush_dead_letters(redis_client, "t:st") == 0
+
+
+@pytest.mark.parametrize("state", ["buckets", "sessions"])
+def test_a_session_back_after_its_part_ended_starts_the_next_part(tmp_path, redis_url, redis_client, spark, state):
+    """A session id that comes back after the inactivity timer ended its part is part 1 (`s~1`), as the batch job names
+    it; it was part 0 again and overwrote the ended part's features in the online store."""
+    s = settings_for(redis_url, tmp_path, f"back_{state}")
+    t0, m = 1_709_510_400_000, 60_000
+    base = dict(user_id=None, anonymous_id="a1", product_id="p000001", category="apparel.jeans", brand="b", price=10.0,
+                quantity=None, search_query=None, device="desktop", country="IT", traffic_source="direct", referrer=None, page="/p")
+    def ev(eid, sid, t): return orjson.dumps(dict(base, event_id=eid, event_type="product_view", event_time=t, session_id=sid))
+    entries = [ev("b1", "s-back", t0), ev("b2", "s-back", t0 + m),
+               ev("c1", "s-clock", t0 + 45 * m),   # watermark -> t0 + 35 min: s-back's part (last t0 + 1 min) times out
+               ev("c2", "s-clock", t0 + 46 * m),
+               ev("b3", "s-back", t0 + 50 * m),    # 49 min after b2, after the eviction: part 1
+               ev("c3", "s-clock", t0 + 51 * m)]
+    publish(redis_client, entries, s.stream_key)
+    out = run_stream(tmp_path, s, StreamConfig(lateness_minutes=10, max_rows_per_batch=1, state=state), until_idle=True,
+                     spark=spark, progress=False)
+    assert out["input_rows"] == len(entries) and out["sessions_evicted"] >= 1
+    got = online(s, tmp_path, ["s-back", "s-back~1"])
+    assert got["s-back"]["sess_events"] == 2 and got["s-back"]["sess_last_event_ms"] == t0 + m   # the ended part kept
+    assert got["s-back~1"]["sess_events"] == 1 and got["s-back~1"]["sess_last_event_ms"] == t0 + 50 * m
+
+
+def test_a_checkpoint_past_the_streams_newest_entry_is_refused_and_status_starts_nothing(tmp_path, redis_url, redis_client):
+    "A fresh store or another REDIS_URL: the job would silently read nothing (and --until-idle never stop)."
+    from propensity.streaming import check_offset
+    s = settings_for(redis_url, tmp_path, "past")
+    paths = StreamPaths.of(tmp_path)
+    st = status(tmp_path, s, redis_client)                # nothing ran: no batch, no lag in years
+    assert st["committed_batch"] is None and st["lag_ms"] is None and st["recent"] == []
+    publish(redis_client, [b'{"event_id": "x"}'], s.stream_key)
+    newest = redis_client.xrevrange(s.stream_key, count=1)[0][0].decode()
+    for d in ("commits", "offsets"): (paths.checkpoint / d).mkdir(parents=True)
+    (paths.checkpoint / "commits" / "0").write_text("v1\n{}\n")
+    ms = int(newest.split("-")[0])
+    (paths.checkpoint / "offsets" / "0").write_text(f'v1\n{{}}\n{{"id": "{ms - 1}-0"}}\n')
+    check_offset(paths, redis_client, s.stream_key)        # behind the newest entry: fine
+    (paths.checkpoint / "offsets" / "0").write_text(f'v1\n{{}}\n{{"id": "{ms + 5}-0"}}\n')
+    with pytest.raises(ValueError, match=rf"has read stream '{s.stream_key}' up to {ms + 5}-0 \(batch 0\), past its newest entry {newest}"):
+        check_offset(paths, redis_client, s.stream_key)
+    paths.metrics.parent.mkdir(parents=True, exist_ok=True); paths.metrics.write_text('{"batch_id": 0}\n{"batch_\n')
+    assert [m["batch_id"] for m in status(tmp_path, s, redis_client)["recent"]] == [0, "line 2: damaged"]
