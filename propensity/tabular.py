@@ -7,6 +7,7 @@ Docs: https://propensity.github.io/propensity/tabular.html.md"""
 # %% ../nbs/15_tabular.ipynb #ea9cb132
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -26,9 +27,10 @@ from .metrics import evaluate
 from .train import Encoder, TrainConfig, fit_booster, search
 
 # %% auto #0
-__all__ = ['MIN_CLASS_ROWS', 'SPLIT', 'ISOTONIC_MIN_ROWS', 'MODEL_FILES', 'table_format', 'read_any', 'write_any', 'parse_label',
-           'check_classes', 'column_roles', 'model_names', 'model_frame', 'split_rows', 'keep_platt_when_few_rows',
-           'train_table', 'TableModel', 'load_table_model', 'unknown_levels', 'predict_table', 'synthetic_sessions']
+__all__ = ['MIN_CLASS_ROWS', 'ID_LIKE_MIN', 'ID_LIKE_SHARE', 'SPLIT', 'ISOTONIC_MIN_ROWS', 'MODEL_FILES', 'table_format',
+           'read_any', 'write_any', 'parse_label', 'check_classes', 'column_roles', 'model_names', 'model_frame',
+           'split_rows', 'keep_platt_when_few_rows', 'train_table', 'TableModel', 'load_table_model', 'unknown_levels',
+           'predict_table', 'synthetic_sessions']
 
 # %% ../nbs/15_tabular.ipynb #d98d39fa
 _CSV = (".csv", ".csv.gz", ".csv.bz2", ".csv.xz", ".csv.zip")
@@ -111,6 +113,8 @@ def _is_decimal(s: pd.Series) -> bool:
     v = s.dropna()
     return len(v) > 0 and all(isinstance(x, Decimal) for x in v)
 
+ID_LIKE_MIN, ID_LIKE_SHARE = 100, 0.2  # a text column with more distinct values than both is an id, not a category
+
 def column_roles(df: pd.DataFrame, label: str, id_columns=None) -> dict:
     "Split the columns of `df` other than `label` into `numeric` and `categorical` features (table order) and `dropped` columns (name -> reason)."
     if label not in df.columns:
@@ -131,6 +135,11 @@ def column_roles(df: pd.DataFrame, label: str, id_columns=None) -> dict:
         elif _is_decimal(s): numeric.append(c)
         elif _is_text_like(s) and not pd.api.types.is_bool_dtype(s) and s.notna().all() and s.nunique() == len(s):
             dropped[c] = f"id-like: all {len(s)} values distinct"
+        elif _is_text_like(s) and not pd.api.types.is_bool_dtype(s) and (n := s.nunique()) > max(ID_LIKE_MIN, ID_LIKE_SHARE * s.notna().sum()):
+            # an id repeated over a few rows each (a session's rows): as a category it lets the model recognise the
+            # rows' own ids, across the split, so the metrics look far better than the model is (PR-AUC 0.86 vs 0.49)
+            dropped[c] = (f"id-like: {n:,} distinct values in {int(s.notna().sum()):,} rows (more than {ID_LIKE_SHARE:.0%}); "
+                          "a category needs repeats to be learned from: give it as id_columns, or coarsen it")
         elif _is_text_like(s): categorical.append(c)
         elif pd.api.types.is_numeric_dtype(s): numeric.append(c)
         else: dropped[c] = f"unsupported dtype {s.dtype}; convert it to numbers or text to use it"
@@ -278,6 +287,9 @@ def train_table(data: str | Path, label: str, out: str | Path, *, trials: int = 
     _write_json(o / "encoder.json", {**enc.to_dict(), "model_names": names})
     _write_json(o / "calibration.json", calibrator.to_dict())
     _write_json(o / "metrics.json", metrics)
+    # the manifest records each file's sha256: `load_table_model` refuses a changed or cut file (LightGBM aborts the
+    # process on some truncated model files instead of raising)
+    manifest["sha256"] = {f: hashlib.sha256((o / f).read_bytes()).hexdigest() for f in MODEL_FILES if f != "manifest.json"}
     manifest["seconds"] = round(time.perf_counter() - t0, 2)
     _write_json(o / "manifest.json", manifest)
     cmp = table.ece.to_dict()
@@ -320,6 +332,12 @@ def load_table_model(model: str | Path) -> TableModel:
     manifest = read("manifest.json")
     if not isinstance(manifest, dict) or manifest.get("kind") != "propensity-tabular":
         raise ValueError(f"{d}/manifest.json: kind {manifest.get('kind') if isinstance(manifest, dict) else None!r}, expected 'propensity-tabular'")
+    recorded = manifest.get("sha256") or {}  # folders from before checksums were kept have none
+    for name, want in (recorded.items() if isinstance(recorded, dict) else ()):
+        if name not in MODEL_FILES: continue
+        if (got := hashlib.sha256((d / name).read_bytes()).hexdigest()) != want:
+            raise ValueError(f"{d}/{name} was changed after training: sha256 {got}, manifest {want}; the model folder "
+                             "is damaged: train it again (or restore the file)")
     e, c = read("encoder.json"), read("calibration.json")
     try:
         booster, enc, cal = lgb.Booster(model_file=str(d / "model.txt")), Encoder.from_dict(e), calibrator_from_dict(c)
