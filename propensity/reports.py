@@ -12,6 +12,7 @@ import html
 import io
 import json
 import re
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -65,6 +66,7 @@ def find_run(data_dir: str | Path, run_dir: str | Path | None = None, pointer: s
             raise FileNotFoundError(f"{ptr} not found: no training run is recorded in {d}; run `propensity train --data {d}` "
                                     "first or pass run_dir") from None
         except ValueError as e: raise ReportError(f"{ptr}: not valid JSON ({e})") from None
+        if not isinstance(rec, dict): raise ReportError(f"{ptr}: expected an object with run and path, got {type(rec).__name__}")
         local = d / "models" / "runs" / str(rec.get("run") or "")
         run_dir = local if rec.get("run") and local.is_dir() else Path(rec.get("path") or local)
     r = Path(run_dir)
@@ -599,38 +601,65 @@ def _execute(src: Path, dst: Path, params: dict, kernel_name: str, progress: boo
         raise ReportError(f"{src.name}: cell {e.exec_count} failed with {e.ename}: {e.evalue}\n"
                           f"  executed notebook: {dst}\n  with code: {page}") from None
 
+def _folder_for(root: Path, base: str, run: Path) -> str:
+    "`base`, unless that folder holds another run's reports: then `base_2`, `base_3`, ... (two runs of one day both keep theirs)."
+    for n in range(1, 1000):
+        name = base if n == 1 else f"{base}_{n}"
+        try: meta = json.loads((root / name / "report.json").read_text())
+        except (OSError, ValueError): meta = None
+        if not (root / name).exists() or not isinstance(meta, dict) or meta.get("run_dir") == str(run): return name
+    raise ReportError(f"{root}: 999 report folders named {base}_N; expected fewer runs a day")
+
 def render_reports(data_dir: str | Path, run_dir: str | Path | None = None, out_root: str | Path = "reports/runs",
                    run_date: str | date | None = None, *, which: str = "weekly", templates: str | Path | None = None,
                    kernel_name: str = "python3", progress: bool = True, timeout_s: float | None = 600) -> dict:
     """Execute the report templates of `which` (weekly: the training and the calibration reports of a training run;
     drift: the drift check of a recalibration) for a run (default: the latest of its kind in `data_dir`) and write
-    their HTML to `out_root/run_date/` (`run_date-drift/` for a drift check), then rewrite `out_root/index.html`.
-    Returns the paths: one key per report (HTML), 'notebooks' (the executed .ipynb per report), 'dir' and 'index'."""
+    their HTML to `out_root/run_date/` (`run_date-drift/` for a drift check; `run_date_2/`, ... when that folder holds
+    another run's reports), then rewrite `out_root/index.html`. The reports are rendered into a hidden folder and
+    swapped in whole: a failure leaves the folder's earlier reports as they were, and the failed attempt in
+    `out_root/.<folder>.failed/`. Returns the paths: one key per report (HTML), 'notebooks' (the executed .ipynb
+    per report), 'dir' and 'index'."""
     if which not in REPORT_SETS: raise ValueError(f"which={which!r}: expected one of {tuple(REPORT_SETS)}")
     names, pointer = REPORT_SETS[which]
     t0 = time.perf_counter()
     tdir = templates_dir(templates)
     run = find_run(data_dir, run_dir, pointer).resolve()
     day = _folder_name(run_date) if run_date is not None else run_date_of(run)
-    out = Path(out_root) / (day if which == "weekly" else f"{day}-{which}"); out.mkdir(parents=True, exist_ok=True)
+    root = Path(out_root)
+    if root.exists() and not root.is_dir(): raise ReportError(f"out_root={str(root)!r}: a file is there; expected a folder for the reports")
+    try: root.mkdir(parents=True, exist_ok=True)
+    except OSError as e: raise ReportError(f"out_root={str(root)!r}: cannot create it ({e.strerror}); expected a writable folder") from None
+    final = root / _folder_for(root, day if which == "weekly" else f"{day}-{which}", run)
     _check_kernel(kernel_name)
+    out = root / f".{final.name}.rendering"
+    shutil.rmtree(out, ignore_errors=True); out.mkdir()
     params = dict(data_dir=str(Path(data_dir).resolve()), run_dir=str(run), run_date=day)
-    paths, notebooks = {}, {}
-    for i, name in enumerate(names, 1):
-        title = TEMPLATES[name]
-        if progress: print(f"report {i}/{len(names)}: {name} ({run.name})", file=sys.stderr, flush=True)
-        nb = out / f"{name}.ipynb"
-        _execute(tdir / f"{name}.ipynb", nb, params, kernel_name, progress, timeout_s, title)
-        notebooks[name] = nb
-        paths[name] = to_html(nb, out / f"{name}.html", title=f"{title} — {day}")
+    try:
+        for i, name in enumerate(names, 1):
+            title = TEMPLATES[name]
+            if progress: print(f"report {i}/{len(names)}: {name} ({run.name})", file=sys.stderr, flush=True)
+            _execute(tdir / f"{name}.ipynb", out / f"{name}.ipynb", params, kernel_name, progress, timeout_s, title)
+            to_html(out / f"{name}.ipynb", out / f"{name}.html", title=f"{title} — {day}")
+    except BaseException as e:  # the folder's earlier reports stay; the attempt is kept aside for debugging
+        failed = root / f".{final.name}.failed"
+        shutil.rmtree(failed, ignore_errors=True); out.rename(failed)
+        if isinstance(e, ReportError):
+            raise ReportError(str(e).replace(str(out), str(failed)) + f"\n  {final} keeps its earlier reports, if any") from None
+        raise
+    notebooks = {name: final / f"{name}.ipynb" for name in names}
+    paths = {name: final / f"{name}.html" for name in names}
     s = json.loads((run / "summary.json").read_text())
     m = s.get("metrics") or {}
     meta = {"run": run.name, "run_dir": str(run), "data_dir": params["data_dir"], "version": s.get("version"),
             "promoted": s.get("promoted"), "gates_passed": (s.get("gates") or {}).get("passed"), "pr_auc": m.get("pr_auc"),
             "ece": m.get("ece"), "rendered_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     (out / "report.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
-    paths |= {"notebooks": notebooks, "dir": out, "index": write_index(out_root)}
+    if final.exists(): shutil.rmtree(final)  # the same run's earlier rendering (another run's has its own folder)
+    out.rename(final)
+    shutil.rmtree(root / f".{final.name}.failed", ignore_errors=True)
+    paths |= {"notebooks": notebooks, "dir": final, "index": write_index(out_root)}
     if progress:
-        print(f"reports: {len(names)} rendered for run {run.name} in {time.perf_counter() - t0:.1f} s -> {out} "
+        print(f"reports: {len(names)} rendered for run {run.name} in {time.perf_counter() - t0:.1f} s -> {final} "
               f"(index {paths['index']})", flush=True)
     return paths

@@ -159,12 +159,20 @@ def test_a_failing_report_names_the_cell_and_keeps_a_debuggable_page(world, tmp_
     s = json.loads((broken / "summary.json").read_text())
     del s["bands"]                                       # the calibration report cannot show bands without them
     (broken / "summary.json").write_text(json.dumps(s))
+    earlier = tmp_path / "out" / "2024-03-12"                     # this run's reports from an earlier rendering
+    earlier.mkdir(parents=True)
+    (earlier / "weekly_training.html").write_text("<p>earlier</p>")
+    (earlier / "report.json").write_text(json.dumps({"run_dir": str(broken.resolve())}))
     with pytest.raises(ReportError, match="calibration_segments.ipynb: cell .* KeyError") as e:
         render_reports(world, run_dir=broken, out_root=tmp_path / "out", run_date="2024-03-12", progress=False)
-    failed = tmp_path / "out" / "2024-03-12" / "calibration_segments-failed.html"
+    failed = tmp_path / "out" / ".2024-03-12.failed" / "calibration_segments-failed.html"
     assert str(failed) in str(e.value) and "Traceback" not in str(e.value)
+    assert f"{earlier} keeps its earlier reports" in str(e.value)
     page = _soup(failed).get_text(" ")
     assert "KeyError" in page and "band_threshold_table" in page           # the error, beside the code that raised it
-    assert (tmp_path / "out" / "2024-03-12" / "weekly_training.html").is_file()   # the first report rendered fine
+    assert (failed.parent / "weekly_training.html").is_file()              # the first report rendered fine
+    assert sorted(p.name for p in earlier.iterdir()) == ["report.json", "weekly_training.html"]  # nothing half-replaced
+    assert (earlier / "weekly_training.html").read_text() == "<p>earlier</p>"
+    assert "failed" not in (tmp_path / "out" / "index.html").read_text() if (tmp_path / "out" / "index.html").exists() else True
     with pytest.raises(FileNotFoundError, match="not found in"):
         render_reports(world, out_root=tmp_path / "out", templates=tmp_path)
