@@ -165,15 +165,23 @@ def _data_arg(args, settings) -> Path:
     if not data.exists(): raise UsageError(f"--data={str(data)!r}: no such folder (simulate or ingest into it first)")
     return data
 
+def _failure_line(r: dict) -> str:
+    "One failed check: table.column, the check, what was found and what was expected."
+    col = f"{r['table']}.{r['column']}" if r.get("column") else r["table"]
+    found = "" if r.get("value") in (None, "") else f": {r['value']}"
+    want = "" if r.get("threshold") in (None, "") else f" (expected {r['threshold']})"
+    return f"{col}: {r['check']}{found}{want}" + (f"; {r['detail']}" if r.get("detail") else "")
+
 def _quality(data: Path, show: bool = True):
     from propensity.quality import check_tables
+    if not (data / "offline").exists(): raise UsageError(f"{data}: no offline/ tables to check; run `propensity features --data {data}` first")
     report = check_tables(data, required=("training_set", "session_features"))
     paths = report.write(data / "quality")
     if show: report.print(_console())
     print(f"Data-quality report: {paths['md']}")
     if not report.ok:
         raise PipelineStop("data-quality checks failed, the pipeline stops here:\n  " +
-                           "\n  ".join(f"{r['table']}.{r['column']}: {r['check']} {r['detail']}" for r in report.failures))
+                           "\n  ".join(_failure_line(r) for r in report.failures))
     return report
 
 def cmd_features(args, settings: Settings) -> int:
@@ -433,7 +441,7 @@ def parser() -> argparse.ArgumentParser:
 
 # errors the library raises with a message for the person at the command line (matched by name, so that `main`
 # imports nothing heavy): status 2 and one line, like a usage error, instead of a traceback
-LIBRARY_ERRORS = ("OnlineStoreError", "RegistryError", "ReportError", "PolicyError", "DriftError", "StreamIdError")
+LIBRARY_ERRORS = ("OnlineStoreError", "RegistryError", "ReportError", "PolicyError", "DriftError", "StreamIdError", "TableReadError")
 
 def expected_error(e: BaseException) -> str | None:
     "The one-line message of an error meant for a person (`LIBRARY_ERRORS`, a Redis server that does not answer); None for anything else (a bug: its traceback is shown)."

@@ -25,9 +25,9 @@ from .features import ENTITIES, Feature, features_of, model_features
 
 # %% auto #0
 __all__ = ['TS', 'TABLES', 'RANGE_RULES', 'PANDAS_DTYPES', 'ROW_FIELDS', 'SPEC_DTYPE_NAMES', 'DRIFT_FEATURES', 'TableSpec',
-           'range_of', 'table_schema', 'table_path', 'read_feature_table', 'synthetic_frame', 'write_partition',
-           'schema_rows', 'psi_shares', 'psi_bins', 'psi', 'last_two_weeks', 'null_rows', 'window_days', 'drift_rows',
-           'DataQualityError', 'QualityReport', 'day_rows', 'check_table', 'check_tables']
+           'range_of', 'table_schema', 'table_path', 'TableReadError', 'read_feature_table', 'synthetic_frame',
+           'write_partition', 'schema_rows', 'psi_shares', 'psi_bins', 'psi', 'last_two_weeks', 'null_rows',
+           'window_days', 'drift_rows', 'DataQualityError', 'QualityReport', 'day_rows', 'check_table', 'check_tables']
 
 # %% ../nbs/08_quality.ipynb #629829fa
 TS = "event_timestamp"
@@ -148,6 +148,9 @@ def table_path(data_dir, name: str) -> Path:
     "Folder of table `name` under the data folder."
     return Path(data_dir) / TABLES[name].folder
 
+class TableReadError(ValueError):
+    "A feature table's file cannot be read; the message names the file."
+
 def read_feature_table(data_dir, name: str) -> pd.DataFrame | None:
     "All partitions of table `name` (None when its folder does not exist), with a `dt` column from the partition."
     root = table_path(data_dir, name)
@@ -155,7 +158,11 @@ def read_feature_table(data_dir, name: str) -> pd.DataFrame | None:
     frames, dtypes = [], {}
     for part in sorted(p for p in root.glob("dt=*") if p.is_dir()):
         for f in sorted(part.glob("*.parquet")):
-            d = _normalise(pd.read_parquet(f, dtype_backend="numpy_nullable"))
+            try: raw = pd.read_parquet(f, dtype_backend="numpy_nullable")
+            except (OSError, ValueError) as e:  # Arrow's errors are ValueErrors: a cut or overwritten file
+                raise TableReadError(f"{f}: not a readable Parquet file ({type(e).__name__}: {str(e)[:160]}); "
+                                     "expected the batch job's output: run `propensity features` again") from None
+            d = _normalise(raw)
             for c in d.columns: dtypes.setdefault(c, {}).setdefault(str(d[c].dtype), []).append(part.name[3:])
             d["dt"] = part.name[3:]
             frames.append(d)
