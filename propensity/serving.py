@@ -629,10 +629,16 @@ def create_app(settings: Settings, registry_dir, cfg: ServingConfig | None = Non
 def load_model_dir(path) -> "ModelBundle":
     "The model of a SageMaker model folder: a registry (promoted version, else the newest)."
     from propensity.scorer import ModelBundle
+    from propensity.registry import _versions
     root = Path(path)
     if (root / "promoted.json").exists(): return ModelBundle.load(root)
-    versions = sorted(p.name for p in root.glob("v[0-9]*") if p.is_dir())
-    if not versions: raise FileNotFoundError(f"{root}: no registered model (expected promoted.json or a vNNNN folder)")
+    versions = _versions(root)  # v0001, v0002, ... (a folder like v0002-old is not a version)
+    if not versions:
+        if (root / "manifest.json").exists() and (root / "model.txt").exists():
+            raise FileNotFoundError(f"{root}: a train-table model folder (the SageMaker train program's output; "
+                                    "`propensity predict` scores tables with it); this endpoint serves a registry of the "
+                                    "session model: promoted.json or vNNNN folders, from `propensity train`")
+        raise FileNotFoundError(f"{root}: no registered model (expected promoted.json or a vNNNN folder)")
     return ModelBundle.load(root, versions[-1])
 
 def sagemaker_app(bundle) -> FastAPI:

@@ -75,6 +75,12 @@ def test_bad_label_values_fail_with_the_reason(tmp_path):
     assert "label column 'outcome': 100 of 300 rows are not true/false, yes/no or 1/0" in reason and "'maybe'" in reason
     assert not any((root / "model").iterdir())
     assert "Traceback" in r.stderr
+    # the same root run again, right: the earlier failure is gone; then wrong again: the model it wrote is gone too
+    (root / "input" / "config" / "hyperparameters.json").write_text(json.dumps({"label": "outcome", "trials": "2"}))
+    table.assign(outcome=["yes", "no", "no"] * 100).to_csv(root / "input" / "data" / "training" / "sessions.csv", index=False)
+    assert _run(root).returncode == 0 and not (root / "output" / "failure").exists() and any((root / "model").iterdir())
+    table.to_csv(root / "input" / "data" / "training" / "sessions.csv", index=False)
+    assert _run(root).returncode != 0 and not any((root / "model").iterdir())
 
 
 def test_missing_label_column_fails_with_the_reason(tmp_path):
@@ -103,12 +109,14 @@ def test_hyperparameters_are_strings_and_typos_are_refused(program):
     with pytest.raises(ValueError, match=r"unknown key\(s\) \['lable'\]"): parse({"lable": "bought"})
     with pytest.raises(ValueError, match="'label' .* is required"): parse({"trials": "3"})
     with pytest.raises(ValueError, match=r"trials='ten': expected a whole number"): parse({"label": "y", "trials": "ten"})
+    with pytest.raises(ValueError, match=r"seed=-1: expected a whole number from 0 to 2,147,483,647"): parse({"label": "y", "seed": "-1"})
 
 
 def test_missing_channel_fails_with_the_reason(tmp_path):
     root = tmp_path / "ml"
     (root / "input" / "config").mkdir(parents=True)
     (root / "input" / "config" / "hyperparameters.json").write_text('{"label": "bought"}')
+    (root / "input" / "data" / "train").mkdir(parents=True)                   # a channel by another name
     r = _run(root)
     assert r.returncode != 0
-    assert "no 'training' channel" in (root / "output" / "failure").read_text()
+    assert "no 'training' channel (CSV or Parquet files expected); channels found: train" in (root / "output" / "failure").read_text()
