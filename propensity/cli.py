@@ -120,6 +120,8 @@ def cmd_summary(args, settings: Settings) -> int:
     out = Path(args.data) if args.data else settings.data_dir / "world"
     try: print_world(out)
     except (FileNotFoundError, ValueError) as e: raise UsageError(f"{out}: not a readable simulated world ({e})") from None
+    except (KeyError, TypeError, AttributeError) as e:  # a world.json edited or from another program
+        raise UsageError(f"{out}/world.json: damaged or not the simulator's ({type(e).__name__}: {e}); simulate the world again") from None
     return 0
 
 # %% ../nbs/09_cli.ipynb #75094b47
