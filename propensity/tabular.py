@@ -46,6 +46,7 @@ def _read_one(p: Path, fmt: str) -> pd.DataFrame:
     # low_memory=False: a big file's column is typed from all its rows, not chunk by chunk (which mixes ints and text)
     try: return pd.read_csv(p, low_memory=False) if fmt == "csv" else pd.read_parquet(p)
     except UnicodeDecodeError as e: raise ValueError(f"{p}: not UTF-8 text ({e}); save it as UTF-8") from None
+    except pd.errors.EmptyDataError: raise ValueError(f"{p}: an empty file (no header, no rows); expected {_EXPECTED}") from None
 
 def read_any(path: str | Path) -> pd.DataFrame:
     "A CSV or Parquet file (by suffix) or a folder of them (concatenated in name order) as one DataFrame, rows in file order."
@@ -235,6 +236,7 @@ def train_table(data: str | Path, label: str, out: str | Path, *, trials: int = 
     o = Path(out)
     if o.exists() and not o.is_dir(): raise ValueError(f"out={str(out)!r}: a file is there; expected a model folder (new or existing)")
     df = read_any(data)
+    if not len(df): raise ValueError(f"{data}: 0 rows (columns {list(df.columns)[:10]}); expected a table of sessions to learn from")
     _say(f"read {len(df):,} rows x {df.shape[1]} columns from {data}")
     roles = column_roles(df, label, id_columns)
     y = parse_label(df[label], label)
