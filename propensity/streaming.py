@@ -954,6 +954,11 @@ def run_stream(data_dir: str | Path, settings: Settings | None = None, cfg: Stre
                 p = json.loads(pr.json) if hasattr(pr, "json") else dict(pr)
                 b = p["batchId"]
                 if b in seen: continue
+                if not p.get("numInputRows") and not (paths.checkpoint / "commits" / str(b)).exists():
+                    # an idle trigger reports the NEXT batch id, which ran nothing and is not committed: it tells the
+                    # idle check that nothing came in, but is no batch (a later one takes its id: no phantom lines)
+                    end = _offset(((p.get("sources") or [{}])[0]).get("endOffset"))
+                    last.update(input_rows=0, end_offset=end if end is not None else last.get("end_offset")); continue
                 seen.add(b)
                 if cfg.source == "redis":
                     src = (p.get("sources") or [{}])[0]
@@ -970,7 +975,7 @@ def run_stream(data_dir: str | Path, settings: Settings | None = None, cfg: Stre
                 last.update(m); totals["batches"] += 1
                 for k in totals:
                     if k != "batches": totals[k] += int(m.get(k) or 0)
-                if progress and m["input_rows"]:
+                if progress and (m["input_rows"] or m.get("sessions_evicted")):
                     print(f"batch {b}: {m['input_rows']:,} rows, {m.get('rejected') or 0} rejected, "
                           f"{m['late_dropped']} late, {m['duplicates_dropped']} duplicates, "
                           f"{m.get('sessions_updated', 0)} sessions updated, {m.get('sessions_evicted', 0)} evicted, "
@@ -1043,6 +1048,8 @@ def check_layout(paths: StreamPaths, cfg: StreamConfig, stream: str | None = Non
                              f"{k}={want[k]!r} (the checkpoint's offsets and state belong to that one: use {flag}={have[k]}, or --reset)")
     if have != want:
         how = ("--dedup on" if have["dedup"] else "--dedup off") if have["dedup"] != want["dedup"] else ""
+        if not have["dedup"] and cfg.lateness_minutes > cfg.inactivity_minutes:  # --dedup off would be refused then
+            how = "--lateness-minutes at most --inactivity-minutes (the checkpoint has no dedup step)"
         raise ValueError(f"the checkpoint {paths.checkpoint} holds {_layout_text(have)}; the job was started with "
                          f"{_layout_text(want)} (use the checkpoint's --state/--buckets{'/' + how if how else ''}, or --reset)")
     f.write_text(json.dumps(have))

@@ -328,6 +328,11 @@ def test_a_session_back_after_its_part_ended_starts_the_next_part(tmp_path, redi
     got = online(s, tmp_path, ["s-back", "s-back~1"])
     assert got["s-back"]["sess_events"] == 2 and got["s-back"]["sess_last_event_ms"] == t0 + m   # the ended part kept
     assert got["s-back~1"]["sess_events"] == 1 and got["s-back~1"]["sess_last_event_ms"] == t0 + 50 * m
+    # every metrics line is a committed batch, once: an idle trigger's next batch id is no batch
+    ids = [x["batch_id"] for x in read_metrics(StreamPaths.of(tmp_path).metrics)]
+    commits = StreamPaths.of(tmp_path).checkpoint / "commits"
+    assert ids and len(ids) == len(set(ids)) and all((commits / str(i)).exists() for i in ids), ids
+    assert out["batches"] == len(ids) and out["last_batch"] == max(ids)
 
 
 def test_a_checkpoint_past_the_streams_newest_entry_is_refused_and_status_starts_nothing(tmp_path, redis_url, redis_client):
