@@ -200,7 +200,7 @@ def test_register_if_passing_keeps_the_incumbent_on_failure(tmp_path, model):
     assert seg.detail == "device=mobile, n=12000" and seg.missed_by == pytest.approx(0.006)
     s = g2.summary()
     assert s.startswith("FAILED 2 of 4 checks")
-    assert "pr_auc [incumbent 0.4200 - tolerance 0.0100]: 0.3950, required >= 0.4100, missed by 0.0150" in s
+    assert "pr_auc [incumbent 0.4200 (v0001, on its own test window) - tolerance 0.0100]: 0.3950, required >= 0.4100, missed by 0.0150" in s
     assert "segment_ece [device=mobile, n=12000]: 0.0260, required <= 0.0200, missed by 0.0060" in s
     d = g2.to_dict()
     assert d["passed"] is False and [f["gate"] for f in d["failures"]] == ["pr_auc", "segment_ece"]
