@@ -443,7 +443,7 @@ def parser() -> argparse.ArgumentParser:
 
 # errors the library raises with a message for the person at the command line (matched by name, so that `main`
 # imports nothing heavy): status 2 and one line, like a usage error, instead of a traceback
-LIBRARY_ERRORS = ("OnlineStoreError", "RegistryError", "ReportError", "PolicyError", "DriftError", "StreamIdError", "TableReadError")
+LIBRARY_ERRORS = ("OnlineStoreError", "RegistryError", "ReportError", "PolicyError", "DriftError", "StreamIdError", "TableReadError", "CheckpointError")
 
 def expected_error(e: BaseException) -> str | None:
     "The one-line message of an error meant for a person (`LIBRARY_ERRORS`, a Redis server that does not answer); None for anything else (a bug: its traceback is shown)."

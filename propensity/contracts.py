@@ -467,7 +467,8 @@ def _read_lines(fp: Path) -> list[bytes]:
         try: data = gzip.decompress(data)
         except (EOFError, gzip.BadGzipFile, zlib.error) as e:
             raise ValueError(f"{fp}: damaged gzip file ({type(e).__name__}: {e}); expected a whole gzip stream") from None
-    return data.splitlines(keepends=True)
+    lines = data.split(b"\n")  # as iterating the file does: only \n ends a line (a stray \r is inside one)
+    return lines[:-1] if lines and lines[-1] == b"" else lines
 
 def read_jsonl(paths: str | Path | Iterable[str | Path], contract: Contract = EVENT) -> Validated:
     "Read and validate JSON-lines files, plain or gzip (or folders of them, recursively); malformed lines are rejected, not lost."

@@ -31,8 +31,9 @@ __all__ = ['EV_KEYS', 'EV_COLUMNS', 'SESSION_FEATURES', 'SOURCE_NAME', 'SOURCE_S
            'write_online', 'landing_files', 'landing_lines', 'replay', 'output_ddl', 'pack_rows', 'unpack_rows',
            'packed_events', 'encode_bucket', 'decode_bucket', 'evict_expired', 'live_sessions', 'next_due',
            'bucket_step', 'bucket_timer', 'build_query', 'offline_table', 'Sink', 'metrics_line', 'Stopper',
-           'run_stream', 'check_layout', 'check_offset', 'committed_offset', 'read_metrics', 'count_after', 'status',
-           'reset', 'cmd_replay', 'print_status', 'cmd_stream', 'add_stream_args', 'register_cli']
+           'run_stream', 'CheckpointError', 'check_layout', 'check_offset', 'committed_offset', 'read_metrics',
+           'count_after', 'status', 'reset', 'cmd_replay', 'print_status', 'cmd_stream', 'add_stream_args',
+           'register_cli']
 
 # %% ../nbs/17_streaming.ipynb #c15ad991
 @dataclass(frozen=True)
@@ -936,7 +937,9 @@ def run_stream(data_dir: str | Path, settings: Settings | None = None, cfg: Stre
         spark = spark_session(settings, "propensity-stream", **{"spark.sql.shuffle.partitions": str(cfg.partitions)})
     check_layout(paths, cfg, settings.stream_key)
     r = _client(url)
-    if cfg.source == "redis": check_offset(paths, r, settings.stream_key)
+    if cfg.source == "redis":
+        try: check_offset(paths, r, settings.stream_key)
+        except CheckpointError: r.close(); raise
     sink = Sink(url, settings.feast_project, paths, cfg.state, settings.stream_key if cfg.source == "redis" else None)
     saved = {k: spark.conf.get(k, None) for k in _CONFS}  # a shared session gets its settings back at the end
     df = build_query(spark, settings, paths.root, cfg, url)
@@ -1023,6 +1026,9 @@ def _layout_text(x: dict) -> str:
     return (f"state={x['state']!r}{'' if x['buckets'] is None else ' buckets=' + str(x['buckets'])} "
             f"dedup step {'on' if x['dedup'] else 'off'}")
 
+class CheckpointError(ValueError):
+    "The checkpoint does not belong to this job (layout, source, stream) or is damaged; the message says what to do."
+
 def check_layout(paths: StreamPaths, cfg: StreamConfig, stream: str | None = None) -> dict:
     """The checkpoint's plan layout (`state`, `buckets`, whether the dedup step runs: each changes the stateful
     operators Spark's checkpoint holds): recorded on the first run, checked on every restart. A checkpoint without
@@ -1033,8 +1039,8 @@ def check_layout(paths: StreamPaths, cfg: StreamConfig, stream: str | None = Non
     f = paths.layout
     if f.exists():
         try: rec = json.loads(f.read_text())
-        except ValueError as e: raise ValueError(f"{f}: damaged ({e}); expected the checkpoint's layout record: --reset to start over") from None
-        if not isinstance(rec, dict): raise ValueError(f"{f}: damaged (not an object); expected the checkpoint's layout record: --reset to start over")
+        except ValueError as e: raise CheckpointError(f"{f}: damaged ({e}); expected the checkpoint's layout record: --reset to start over") from None
+        if not isinstance(rec, dict): raise CheckpointError(f"{f}: damaged (not an object); expected the checkpoint's layout record: --reset to start over")
         # a record from before api, source and stream were kept takes this run's (what it held then went unchecked)
         have = {"dedup": True, **{k: want[k] for k in ("api", "source", "stream")}, **rec}
     elif any((paths.checkpoint / "offsets").glob("[0-9]*")):
@@ -1044,13 +1050,13 @@ def check_layout(paths: StreamPaths, cfg: StreamConfig, stream: str | None = Non
         return want
     for k, flag in (("source", "--source"), ("api", "--api"), ("stream", "PROPENSITY_STREAM")):
         if have[k] != want[k]:
-            raise ValueError(f"the checkpoint {paths.checkpoint} was made reading {k}={have[k]!r}; the job was started with "
+            raise CheckpointError(f"the checkpoint {paths.checkpoint} was made reading {k}={have[k]!r}; the job was started with "
                              f"{k}={want[k]!r} (the checkpoint's offsets and state belong to that one: use {flag}={have[k]}, or --reset)")
     if have != want:
         how = ("--dedup on" if have["dedup"] else "--dedup off") if have["dedup"] != want["dedup"] else ""
         if not have["dedup"] and cfg.lateness_minutes > cfg.inactivity_minutes:  # --dedup off would be refused then
             how = "--lateness-minutes at most --inactivity-minutes (the checkpoint has no dedup step)"
-        raise ValueError(f"the checkpoint {paths.checkpoint} holds {_layout_text(have)}; the job was started with "
+        raise CheckpointError(f"the checkpoint {paths.checkpoint} holds {_layout_text(have)}; the job was started with "
                          f"{_layout_text(want)} (use the checkpoint's --state/--buckets{'/' + how if how else ''}, or --reset)")
     f.write_text(json.dumps(have))
     return have
@@ -1062,7 +1068,7 @@ def check_offset(paths: StreamPaths, r, stream: str) -> None:
     if off is None: return
     newest = _stream_last(r, stream)
     if parse_id(off) > parse_id(newest):
-        raise ValueError(f"the checkpoint {paths.checkpoint} has read stream {stream!r} up to {off} (batch {b}), past its "
+        raise CheckpointError(f"the checkpoint {paths.checkpoint} has read stream {stream!r} up to {off} (batch {b}), past its "
                          f"newest entry {newest}: the stream was recreated (a fresh online store, another REDIS_URL), "
                          f"so the job would read nothing; --reset to read it from the start")
 
@@ -1082,7 +1088,7 @@ def committed_offset(checkpoint: Path) -> tuple[int | None, str | None]:
     except (ValueError, KeyError, TypeError): return b, None
 
 def read_metrics(path: Path, last: int | None = None) -> list[dict]:
-    "The metrics lines of a job (the newest `last` of them); a damaged line is shown as `{\"damaged\": line number}`, not a stop."
+    "The metrics lines of a job (the newest `last` of them); a damaged line is shown as `{\"batch_id\": \"line N: damaged\"}`, not a stop."
     if not path.exists(): return []
     lines = [(i, l) for i, l in enumerate(path.read_text().splitlines(), 1) if l.strip()]
     out = []
