@@ -812,7 +812,11 @@ class Sink:
         self.counts: dict | None = None  # state="buckets": sessions per bucket (from the processor's count rows)
         if state == "buckets":
             f = paths.bucket_counts
-            self.counts = {k: int(v) for k, v in json.loads(f.read_text())["counts"].items()} if f.exists() else {}
+            try: self.counts = {k: int(v) for k, v in json.loads(f.read_text())["counts"].items()} if f.exists() else {}
+            except (ValueError, KeyError, TypeError, AttributeError) as e:  # a metric's cache, not state: start it again
+                print(f"warning: {f} is damaged ({type(e).__name__}); the state_rows metric counts only the buckets "
+                      "touched from now on", file=sys.stderr, flush=True)
+                self.counts = {}
 
     def state_sessions(self) -> int | None:
         "Sessions in state (bucketed state: the sum of the buckets' last counts)."
