@@ -110,6 +110,8 @@ def test_hyperparameters_are_strings_and_typos_are_refused(program):
     with pytest.raises(ValueError, match="'label' .* is required"): parse({"trials": "3"})
     with pytest.raises(ValueError, match=r"trials='ten': expected a whole number"): parse({"label": "y", "trials": "ten"})
     with pytest.raises(ValueError, match=r"seed=-1: expected a whole number from 0 to 2,147,483,647"): parse({"label": "y", "seed": "-1"})
+    with pytest.raises(ValueError, match=r"hyperparameter timeout=0: expected a number of seconds > 0"): parse({"label": "y", "timeout": "0"})
+    with pytest.raises(ValueError, match=r"hyperparameter trials=0: expected a whole number of trials >= 1"): parse({"label": "y", "trials": "0"})
 
 
 def test_missing_channel_fails_with_the_reason(tmp_path):
