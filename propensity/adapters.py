@@ -85,6 +85,16 @@ _open = _Lines
 def _rejected(rows: list[tuple[str, str, str]]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["record", "reason", "source"], dtype=object)
 
+def _in_format_terms(v: Validated, fmt: str, types: Mapping) -> Validated:
+    "An unknown event type is rejected naming the input format's types (the contract's own are no help to a dump's reader)."
+    if len(v.rejected):
+        r = v.rejected["reason"].astype(str)
+        m = r.str.match(r"event_type=.*: expected one of ")
+        if m.any():
+            v.rejected.loc[m, "reason"] = r[m].str.replace(r": expected one of .*$", f": expected one of the {fmt} types "
+                                                           + ", ".join(types), regex=True)
+    return v
+
 def concat_validated(parts: Iterable[Validated]) -> Validated:
     "One `Validated` from per-chunk results (valid rows, then rejected rows, in order)."
     parts = list(parts)
@@ -211,7 +221,7 @@ def iter_rees46(path: str | Path, chunksize: int = 100_000) -> Iterator[Validate
                     v = Validated(EVENT.name, EVENT.empty(), _rejected([]))
                 if bad: v.rejected = pd.concat([_rejected(bad), v.rejected] if len(v.rejected) else [_rejected(bad)],
                                                ignore_index=True)
-                yield v
+                yield _in_format_terms(v, "REES46", REES46_TYPES)
 
 def read_rees46(path: str | Path, chunksize: int = 100_000) -> Validated:
     "All events of a REES46 dump (file or folder) as one `Validated`; use `iter_rees46` or `ingest` for full-size dumps."
@@ -338,6 +348,7 @@ def iter_otto(path: str | Path, gap_minutes: float = 30, *, prices=None, unknown
                 v = EVENT.validate(rec, source=srcs) if len(rec) else Validated(EVENT.name, EVENT.empty(), _rejected([]))
                 if bad: v.rejected = pd.concat([_rejected(bad), v.rejected] if len(v.rejected) else [_rejected(bad)],
                                                ignore_index=True)
+                v = _in_format_terms(v, "OTTO", OTTO_TYPES)
                 if not warned and unknown_price is None and v.rejected["reason"].str.startswith("price: missing").any():
                     warnings.warn("OTTO has no prices: carts and orders without a price are rejected by the contract; "
                                   "pass prices= (product_id -> price) and/or unknown_price= (explicit placeholder)")
