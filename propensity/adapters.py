@@ -261,6 +261,8 @@ def _otto_chunks(lines: Iterable[bytes], source: str, chunksize: int) -> Iterato
             bad.append((text(), "events: missing (required)", where)); continue
         if not isinstance(evs, list):
             bad.append((text(), f"events={_short(evs)}: expected a list of events", where)); continue
+        if not evs:  # a session line with nothing in it is counted, not skipped
+            bad.append((text(), "events=[]: expected at least one event", where)); continue
         for j, ev in enumerate(evs):
             if not isinstance(ev, dict):
                 bad.append((orjson.dumps({"session": s, "index": j, "event": ev}, default=str).decode(),

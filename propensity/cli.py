@@ -61,7 +61,11 @@ def _parse_drift(args):
     if not sep or not val:
         raise UsageError(f"--drift-segment={args.drift_segment!r}: expected COLUMN=VALUE, e.g. device=mobile")
     try: return Drift(day=args.drift_day, column=col, value=val, shift=args.drift_shift)
-    except ValueError as e: raise UsageError(str(e)) from None
+    except ValueError as e:  # in the command line's words: drift day= -> --drift-day=, drift shift= -> --drift-shift=
+        msg = str(e)
+        for k in ("day", "shift"):
+            if msg.startswith(f"drift {k}="): msg = f"--drift-{k}=" + msg[len(f"drift {k}="):]
+        raise UsageError(msg) from None
 
 SHARE_FLAGS = ("bot_share", "bounce_share", "late_share", "duplicate_share", "malformed_share")
 
@@ -95,7 +99,7 @@ def print_world(out: Path, seconds: float | None = None):
     s = world_summary(out)
     c = _console()
     rate = f", {s['events'] / seconds:,.0f} events/s" if seconds else ""
-    c.print(f"\n[bold]World[/bold] {out}: profile {s['profile']}, seed {s['seed']}, {s['days']} days "
+    c.print(f"\n[bold]World[/bold] {out}: profile {s['profile']}, seed {s['seed']}, {s['days']} day{'s' if s['days'] != 1 else ''} "
             f"({s['start_date']} .. {s['end_date']}){rate}")
     if s.get("drift"):
         d = s["drift"]; c.print(f"Drift: from day {d['day']}, {d['column']}={d['value']} shifted by {d['shift']:+} logits")
