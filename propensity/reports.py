@@ -602,12 +602,13 @@ def _execute(src: Path, dst: Path, params: dict, kernel_name: str, progress: boo
                           f"  executed notebook: {dst}\n  with code: {page}") from None
 
 def _folder_for(root: Path, base: str, run: Path) -> str:
-    "`base`, unless that folder holds another run's reports: then `base_2`, `base_3`, ... (two runs of one day both keep theirs)."
+    """`base`, unless that folder holds another run's reports or anything without a `report.json` (it is replaced whole, so
+    a folder not known to hold this run's reports is left alone): then `base_2`, `base_3`, ..."""
     for n in range(1, 1000):
         name = base if n == 1 else f"{base}_{n}"
         try: meta = json.loads((root / name / "report.json").read_text())
         except (OSError, ValueError): meta = None
-        if not (root / name).exists() or not isinstance(meta, dict) or meta.get("run_dir") == str(run): return name
+        if not (root / name).exists() or (isinstance(meta, dict) and meta.get("run_dir") == str(run)): return name
     raise ReportError(f"{root}: 999 report folders named {base}_N; expected fewer runs a day")
 
 def render_reports(data_dir: str | Path, run_dir: str | Path | None = None, out_root: str | Path = "reports/runs",
