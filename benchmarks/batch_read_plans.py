@@ -37,7 +37,7 @@ def run_plan(data: str, plan: str, java_opts: str, master: str) -> dict:
     "Run one plan in this process (call it in a fresh process: the JVM options apply at start)."
     from pyspark.sql import functions as F
     from pathlib import Path
-    from propensity.batch import _PASS_INPUT, pass_input, spark_session
+    from propensity.batch import _PASS_INPUT, landing_arrival_bound, pass_input, spark_session
     from propensity.config import Settings
     from propensity.contracts import EVENT, spark_fast_path
     conf = {"spark.driver.extraJavaOptions": java_opts} if java_opts else {}
@@ -53,7 +53,8 @@ def run_plan(data: str, plan: str, java_opts: str, master: str) -> dict:
     c0, t0 = ledger.read(), time.perf_counter()
     rejected_candidates = None  # the fold's pass finds them (job), or nothing does (filter)
     if plan == "job":
-        shuffle(pass_input(spark, Path(data), cols)[0], ("_ok", "_line", "_source"))
+        arrival = landing_arrival_bound((Path(data) / "events").rglob("*.jsonl"))  # as run_batch passes it
+        shuffle(pass_input(spark, Path(data), cols, arrival)[0], ("_ok", "_line", "_source"))
     else:
         fast, slow, parsed = spark_fast_path(EVENT, raw, keep=cols, slow_only=["source"], persist=plan == "cached")
         if plan == "cached": rejected_candidates = slow.count()  # the old read stage: builds the cache

@@ -8,12 +8,10 @@ Docs: https://propensity.github.io/propensity/adapters.html.md"""
 from __future__ import annotations
 
 import csv
-import gzip
 import hashlib
 import io
 import math
 import warnings
-import zlib
 from collections import Counter
 from itertools import islice
 from pathlib import Path
@@ -24,7 +22,7 @@ import orjson
 import pandas as pd
 
 from .contracts import EVENT, MAX_TIME_MS, MIN_TIME_MS, Validated, _is_num
-from .contracts import read_jsonl, write_partitioned, write_rejected
+from .contracts import LineFile, read_jsonl, write_partitioned, write_rejected
 
 # %% auto #0
 __all__ = ['REES46_COLUMNS', 'REES46_TYPES', 'OTTO_TYPES', 'FORMATS', 'sessionize', 'concat_validated', 'rees46_event_id',
@@ -63,24 +61,7 @@ def _files(path: str | Path, suffixes: tuple[str, ...]) -> list[Path]:
     if not p.exists(): raise FileNotFoundError(f"no such file or folder: {p}")
     return [p]
 
-class _Lines:
-    "Binary lines of a file, gunzipped when it starts with the gzip magic bytes; a damaged gzip stream is an error naming the file."
-    def __init__(self, path: Path):
-        with open(path, "rb") as fh: magic = fh.read(2)
-        self.path, self.fh = path, (gzip.open(path, "rb") if magic == b"\x1f\x8b" else open(path, "rb"))
-    def __enter__(self): return self
-    def __exit__(self, *exc): self.fh.close()
-    def _damaged(self, e: Exception) -> ValueError:
-        return ValueError(f"{self.path}: damaged gzip file ({type(e).__name__}: {e}); expected a whole gzip stream")
-    def readline(self) -> bytes:
-        try: return self.fh.readline()
-        except (EOFError, gzip.BadGzipFile, zlib.error) as e: raise self._damaged(e) from None
-    def __iter__(self): return self
-    def __next__(self) -> bytes:
-        if line := self.readline(): return line
-        raise StopIteration
-
-_open = _Lines
+_open = LineFile  # gzip by magic bytes; a damaged stream is named
 
 def _rejected(rows: list[tuple[str, str, str]]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["record", "reason", "source"], dtype=object)

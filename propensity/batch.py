@@ -205,19 +205,20 @@ def read_events(spark, data_dir: Path, columns=None):
     rejected = spark.createDataFrame([], "record string, reason string, source string")
     return valid, rejected, "tables", []
 
-def pass_input(spark, data_dir: Path, columns=None):
+def pass_input(spark, data_dir: Path, columns=None, arrival_ms: int | None = None):
     """The session pass's input and the source read (`landing` or `tables`): every landing-zone line parsed once in
     the JVM (`spark_certify`), as the event `columns` (all by default) and `_ok`, true for a line certainly valid; the
     other lines also carry `_line` (the raw line) and `_source` (its file), for `check_lines`, which the pass runs.
-    Without a landing zone: the events table, every row `_ok`."""
+    Without a landing zone: the events table, every row `_ok`. `arrival_ms`: the landing zone's arrival bound
+    (`landing_arrival_bound`); a line stamped past it is left uncertified, for the validator to reject."""
     from pyspark.sql import functions as F
     cols = list(columns or EVENT.columns)
     landing = data_dir / "events"
     if landing.exists() and any(landing.rglob("*.jsonl")):
         raw = (spark.read.text(str(landing), recursiveFileLookup=True, pathGlobFilter="*.jsonl")
                .withColumn("source", F.input_file_name()))
-        # a line stamped after the landing zone's last arrival day is the validator's to reject (`settle_lines`)
-        parsed = spark_certify(EVENT, raw, keep=cols, slow_only=["source"], arrival_ms=landing_arrival_bound(landing.rglob("*.jsonl")))
+        # a line stamped after the landing zone's last arrival day (`arrival_ms`) is the validator's to reject (`settle_lines`)
+        parsed = spark_certify(EVENT, raw, keep=cols, slow_only=["source"], arrival_ms=arrival_ms)
         # the line as bytes: one that is not UTF-8 is rejected by `check_lines`, not failed on by Arrow's conversion
         return parsed.select(*cols, "_ok", F.col("value").cast("binary").alias("_line"), F.col("source").alias("_source")), "landing"
     events, _, src, _ = read_events(spark, data_dir, cols)
@@ -577,8 +578,8 @@ def run_batch(data_dir: str | Path, settings: Settings | None = None, cfg: Batch
     s = {"skipped_files": [str(p.relative_to(data_dir)) for p in skipped_landing_files(data_dir)]}
 
     def fold():  # one read and one shuffle by session; the pass settles uncertain lines, drops duplicates, counts product-days
-        events, s["source"] = pass_input(spark, data_dir, _PASS_INPUT)
-        arrival = landing_arrival_bound((data_dir / "events").rglob("*.jsonl")) if s["source"] == "landing" else None
+        arrival = landing_arrival_bound((data_dir / "events").rglob("*.jsonl"))  # None without a landing zone
+        events, s["source"] = pass_input(spark, data_dir, _PASS_INPUT, arrival)
         out = (events.repartition(cfg.partitions, "session_id").sortWithinPartitions("session_id", "event_time", "event_id")
                      .mapInPandas(_fold_partition(cfg, arrival), _pass_rows_schema()).persist(StorageLevel.MEMORY_AND_DISK))
         c = out.filter("kind = 'stats'").agg(F.sum("n_events"), F.sum("duplicates")).first()

@@ -23,7 +23,7 @@ from pandas.api.types import infer_dtype, is_bool_dtype, is_float_dtype, is_inte
 __all__ = ['DTYPES', 'BLANK', 'MIN_TIME_MS', 'MAX_TIME_MS', 'MAX_AHEAD_MS', 'EVENT_TYPES', 'PRODUCT_EVENTS', 'EVENT', 'ORDER',
            'ORDER_ITEM', 'RETURN_REASONS', 'RETURN', 'USER', 'PRICE_BANDS', 'PRODUCT', 'CONTRACTS', 'JSONL_SUFFIXES',
            'Field', 'RowRule', 'Validated', 'shown', 'Contract', 'json_exact', 'ahead_of_arrival', 'line_text',
-           'not_utf8', 'parse_json_lines', 'read_jsonl', 'write_rejected', 'utc_day', 'write_table',
+           'not_utf8', 'parse_json_lines', 'LineFile', 'read_jsonl', 'write_rejected', 'utc_day', 'write_table',
            'write_partitioned', 'read_table', 'spark_certify', 'spark_fast_path']
 
 # %% ../nbs/01_contracts.ipynb #356bee5f
@@ -459,16 +459,23 @@ def _jsonl_files(p: Path) -> list[Path]:
         warnings.warn(f"{p}: {len(other):,} files skipped, not named *.jsonl or *.jsonl.gz (e.g. {other[0].name})")
     return files
 
-def _read_lines(fp: Path) -> list[bytes]:
-    "The lines of a JSON-lines file, gunzipped when it starts with the gzip magic bytes; a damaged gzip stream is an error naming the file."
-    import gzip, zlib
-    data = Path(fp).read_bytes()
-    if data[:2] == b"\x1f\x8b":
-        try: data = gzip.decompress(data)
+class LineFile:
+    "Binary lines of a file (only \\n ends one), gunzipped when it starts with the gzip magic bytes; a damaged gzip stream is an error naming the file."
+    def __init__(self, path: str | Path):
+        import gzip
+        with open(path, "rb") as fh: magic = fh.read(2)
+        self.path, self.fh = Path(path), (gzip.open(path, "rb") if magic == b"\x1f\x8b" else open(path, "rb"))
+    def __enter__(self): return self
+    def __exit__(self, *exc): self.fh.close()
+    def readline(self) -> bytes:
+        import gzip, zlib
+        try: return self.fh.readline()
         except (EOFError, gzip.BadGzipFile, zlib.error) as e:
-            raise ValueError(f"{fp}: damaged gzip file ({type(e).__name__}: {e}); expected a whole gzip stream") from None
-    lines = data.split(b"\n")  # as iterating the file does: only \n ends a line (a stray \r is inside one)
-    return lines[:-1] if lines and lines[-1] == b"" else lines
+            raise ValueError(f"{self.path}: damaged gzip file ({type(e).__name__}: {e}); expected a whole gzip stream") from None
+    def __iter__(self): return self
+    def __next__(self) -> bytes:
+        if line := self.readline(): return line
+        raise StopIteration
 
 def read_jsonl(paths: str | Path | Iterable[str | Path], contract: Contract = EVENT) -> Validated:
     "Read and validate JSON-lines files, plain or gzip (or folders of them, recursively); malformed lines are rejected, not lost."
@@ -476,7 +483,7 @@ def read_jsonl(paths: str | Path | Iterable[str | Path], contract: Contract = EV
     files = [f for p in map(Path, paths) for f in _jsonl_files(p)]
     recs, srcs, rejs = [], [], []
     for fp in files:
-        r, s, bad = parse_json_lines(_read_lines(fp), str(fp))
+        with LineFile(fp) as fh: r, s, bad = parse_json_lines(fh, str(fp))
         recs += r; srcs += s; rejs.append(bad)
     v = contract.validate(recs, source=srcs) if recs else Validated(contract.name, contract.empty(), rejs[0].iloc[:0] if rejs else pd.DataFrame(columns=["record", "reason", "source"]))
     v.rejected = pd.concat([r for r in [*rejs, v.rejected] if len(r)] or [v.rejected], ignore_index=True)

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from .config import Settings
+from .contracts import shown
 from .features import FEATURES, MODEL_EXCLUDE, Feature, spec_hash as _spec_hash
 
 # %% auto #0
@@ -54,10 +55,6 @@ def _root(registry_dir) -> Path:
     return Path(registry_dir)
 
 def _version_name(n: int) -> str: return f"v{n:0{_VERSION_WIDTH}d}"
-
-def _short(x, n: int = 60) -> str:
-    "repr of a value read from a damaged file, cut to `n` characters."
-    r = repr(x); return r if len(r) <= n else r[:n] + "..."
 
 def _version_number(name: str) -> int | None:
     "The number of a version folder name (`v0007` -> 7), None for anything else."
@@ -211,7 +208,7 @@ def _read_verified(root: Path, version: str) -> tuple[dict, dict[str, bytes]]:
     except ValueError as e: raise IntegrityError(f"{version}: {MANIFEST} is not valid JSON ({e})") from None
     if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
         raise IntegrityError(f"{version}: {MANIFEST} is not a manifest (expected an object with version and files, "
-                             f"got {_short(manifest)})")
+                             f"got {shown(manifest)})")
     if manifest.get("version") != version:
         raise IntegrityError(f"{version}: the manifest says version {manifest.get('version')!r}; the folder was renamed or copied")
     recorded, out = manifest.get("files") or {}, {}
@@ -257,7 +254,7 @@ def promoted(registry_dir) -> str | None:
     except ValueError as e: raise RegistryError(f"{f}: not a promotion record ({e!r}); promote a version again") from None
     v = rec.get("version") if isinstance(rec, dict) else None
     if not isinstance(v, str) or _version_number(v) is None:
-        raise RegistryError(f"{f}: not a promotion record (version={_short(v)}, expected a version name like v0001); "
+        raise RegistryError(f"{f}: not a promotion record (version={shown(v)}, expected a version name like v0001); "
                             "promote a version again")
     return v
 
