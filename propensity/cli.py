@@ -20,14 +20,20 @@ from rich.table import Table
 from .config import MAX_SEED, ConfigError, Settings
 
 # %% auto #0
-__all__ = ['SHARE_FLAGS', 'GATE_FLAGS', 'TRAIN_FLAGS', 'COMMAND_MODULES', 'LIBRARY_ERRORS', 'UsageError', 'cmd_config',
-           'cmd_simulate', 'print_world', 'cmd_summary', 'cmd_ingest', 'PipelineStop', 'cmd_features', 'cmd_quality',
-           'cmd_materialize', 'cmd_train', 'cmd_promote', 'cmd_train_table', 'cmd_predict', 'cmd_recalibrate',
-           'cmd_report', 'cmd_online_store', 'parser', 'expected_error', 'main']
+__all__ = ['SHARE_FLAGS', 'GATE_FLAGS', 'TRAIN_FLAGS', 'COMMAND_MODULES', 'LIBRARY_ERRORS', 'UsageError', 'in_flag_terms',
+           'cmd_config', 'cmd_simulate', 'print_world', 'cmd_summary', 'cmd_ingest', 'PipelineStop', 'cmd_features',
+           'cmd_quality', 'cmd_materialize', 'cmd_train', 'cmd_promote', 'cmd_train_table', 'cmd_predict',
+           'cmd_recalibrate', 'cmd_report', 'cmd_online_store', 'parser', 'expected_error', 'main']
 
 # %% ../nbs/09_cli.ipynb #21153bad
 class UsageError(Exception):
     "A problem with the user's input; printed as one line, exit status 2."
+
+def in_flag_terms(msg: str, flags: dict[str, str]) -> str:
+    "A library message in the command line's words: with `{'n_trials': '--trials'}`, `n_trials=0: ...` -> `--trials=0: ...`."
+    for name, flag in flags.items():
+        if msg.startswith(name + "="): return flag + msg[len(name):]
+    return msg
 
 _console = lambda: Console(highlight=False, soft_wrap=True)
 
@@ -62,10 +68,7 @@ def _parse_drift(args):
         raise UsageError(f"--drift-segment={args.drift_segment!r}: expected COLUMN=VALUE, e.g. device=mobile")
     try: return Drift(day=args.drift_day, column=col, value=val, shift=args.drift_shift)
     except ValueError as e:  # in the command line's words: drift day= -> --drift-day=, drift shift= -> --drift-shift=
-        msg = str(e)
-        for k in ("day", "shift"):
-            if msg.startswith(f"drift {k}="): msg = f"--drift-{k}=" + msg[len(f"drift {k}="):]
-        raise UsageError(msg) from None
+        raise UsageError(in_flag_terms(str(e), {"drift day": "--drift-day", "drift shift": "--drift-shift"})) from None
 
 SHARE_FLAGS = ("bot_share", "bounce_share", "late_share", "duplicate_share", "malformed_share")
 
@@ -246,12 +249,6 @@ def _gate_args(args) -> dict:
 
 TRAIN_FLAGS = {"n_trials": "--trials", "timeout_s": "--timeout", "val_days": "--val-days", "test_days": "--test-days", "until": "--until"}
 
-def _flag_names(msg: str) -> str:
-    "A TrainConfig message in the command line's words: `n_trials=0: ...` -> `--trials=0: ...`."
-    for k, flag in TRAIN_FLAGS.items():
-        if msg.startswith(k + "="): return flag + msg[len(k):]
-    return msg
-
 def cmd_train(args, settings: Settings) -> int:
     from propensity.train import TrainConfig, train_pipeline
     data = _data_arg(args, settings)
@@ -262,7 +259,7 @@ def cmd_train(args, settings: Settings) -> int:
         cfg = TrainConfig(n_trials=args.trials, timeout_s=args.timeout, val_days=args.val_days, test_days=args.test_days,
                           until=args.until, **{k: v for k in ("hpo_max_rows", "hpo_max_val_rows")
                                                if (v := getattr(args, k)) is not None})
-    except ValueError as e: raise UsageError(_flag_names(str(e))) from None
+    except ValueError as e: raise UsageError(in_flag_terms(str(e), TRAIN_FLAGS)) from None
     gates = _gate_args(args)
     try: s = train_pipeline(data, cfg, promote=not args.no_promote, progress=not args.quiet, gates=gates)
     except (FileNotFoundError, ValueError) as e: raise UsageError(str(e)) from None

@@ -25,12 +25,12 @@ from .livestream import FIELD, START, dead_letter_key, parse_id
 
 # %% auto #0
 __all__ = ['EV_KEYS', 'EV_COLUMNS', 'SESSION_FEATURES', 'SOURCE_NAME', 'SOURCE_SCHEMA', 'ONLINE_LUA', 'OUTPUT_DDL',
-           'PART_MEMORY_MS', 'ROCKSDB', 'VALID_DDL', 'SCANS', 'StreamConfig', 'StreamPaths', 'part_id', 'session_step',
-           'validate_entries', 'pack_events', 'split_range', 'read_entries', 'register_source', 'write_dead_letters',
-           'pending_key', 'stage_dead_letters', 'flush_dead_letters', 'write_dead_letter_file', 'online_args',
-           'write_online', 'landing_files', 'landing_lines', 'replay', 'output_ddl', 'pack_rows', 'unpack_rows',
-           'packed_events', 'encode_bucket', 'decode_bucket', 'evict_expired', 'live_sessions', 'next_due',
-           'bucket_step', 'bucket_timer', 'build_query', 'offline_table', 'Sink', 'metrics_line', 'Stopper',
+           'PART_MEMORY_MS', 'ROCKSDB', 'VALID_DDL', 'SCANS', 'STREAM_FLAGS', 'StreamConfig', 'StreamPaths', 'part_id',
+           'session_step', 'validate_entries', 'pack_events', 'split_range', 'read_entries', 'register_source',
+           'write_dead_letters', 'pending_key', 'stage_dead_letters', 'flush_dead_letters', 'write_dead_letter_file',
+           'online_args', 'write_online', 'landing_files', 'landing_lines', 'replay', 'output_ddl', 'pack_rows',
+           'unpack_rows', 'packed_events', 'encode_bucket', 'decode_bucket', 'evict_expired', 'live_sessions',
+           'next_due', 'bucket_step', 'bucket_timer', 'build_query', 'offline_table', 'Sink', 'metrics_line', 'Stopper',
            'run_stream', 'CheckpointError', 'check_layout', 'check_offset', 'committed_offset', 'read_metrics',
            'count_after', 'status', 'reset', 'cmd_replay', 'print_status', 'cmd_stream', 'add_stream_args',
            'register_cli']
@@ -1171,8 +1171,11 @@ def cmd_replay(args, settings: Settings) -> int:
           f"ids {s['first_id']} .. {s['last_id']}")
     return 0
 
+STREAM_FLAGS = {name: "--max-rows" if name == "max_rows_per_batch" else "--" + name.replace("_", "-") for name in
+                ("source", "inactivity_minutes", "lateness_minutes", "trigger_ms", "max_rows_per_batch", "partitions", "state", "buckets", "dedup")}
+
 def _config(args) -> StreamConfig:
-    from propensity.cli import UsageError
+    from propensity.cli import UsageError, in_flag_terms
     try:
         return StreamConfig(source=args.source, inactivity_minutes=args.inactivity_minutes, lateness_minutes=args.lateness_minutes,
                             trigger_ms=args.trigger_ms, max_rows_per_batch=args.max_rows, partitions=args.partitions,
@@ -1181,11 +1184,7 @@ def _config(args) -> StreamConfig:
     except ValueError as e:
         msg = str(e).replace("dedup=False with lateness_minutes=", "--dedup off with --lateness-minutes=").replace(
             "> inactivity_minutes=", "> --inactivity-minutes=").replace("expected dedup=True or None", "expected --dedup on or auto")
-        for name in ("source", "inactivity_minutes", "lateness_minutes", "trigger_ms", "max_rows_per_batch", "partitions",
-                     "state", "buckets", "dedup"):
-            flag = "--max-rows" if name == "max_rows_per_batch" else "--" + name.replace("_", "-")
-            if msg.startswith(name + "="): msg = flag + msg[len(name):]
-        raise UsageError(msg) from None
+        raise UsageError(in_flag_terms(msg, STREAM_FLAGS)) from None
 
 def print_status(s: dict) -> None:
     head = ("no batch committed yet" if s["committed_batch"] is None else
