@@ -410,9 +410,15 @@ class Reloading:
         if self._thread is not None: self._thread.join(5); self._thread = None
 
 def model_source(registry_dir, interval: float = 1.0) -> Reloading:
-    "The promoted model of `registry_dir`, reloaded when `promoted.json` changes."
+    """The promoted model of `registry_dir`, reloaded when `promoted.json` or a file of the version it names changes
+    (a promoted version that failed its check is loaded once its files are repaired)."""
+    from propensity.registry import FILES, MANIFEST, RegistryError, promoted
     root = Path(registry_dir)
-    return Reloading(lambda: ModelBundle.load(root), lambda: [root / "promoted.json"], interval, "model")
+    def watch():
+        try: v = promoted(root)
+        except RegistryError: v = None
+        return [root / "promoted.json"] + ([root / v / n for n in (MANIFEST, *FILES)] if v else [])
+    return Reloading(lambda: ModelBundle.load(root), watch, interval, "model")
 
 def policy_source(path: str | Path | None, interval: float = 1.0, models: Reloading | None = None) -> Reloading:
     """The policy of file `path` (the built-in default when None), reloaded when the file changes. With `models`, a
@@ -493,7 +499,7 @@ class Scorer:
         values = at_time(state, now_ms, req.get("event_type"))
         raw, p = remote if remote is not None else mb.score(values)
         out = self._answer(req, mb, p, raw, now_ms, values=values, missing=missing, times=times)
-        if req.get("explain") and remote is None: out["contributions"] = mb.contributions(values)
+        if req.get("explain"): out["contributions"] = mb.contributions(values)  # with `remote`, mb is the version that scored
         return out
 
     def values(self, req: Mapping, replies: Sequence, now_ms: int | None = None) -> dict:

@@ -30,9 +30,10 @@ from .config import ConfigError, Settings
 if TYPE_CHECKING: from propensity.scorer import ModelBundle  # imported where used (the scorer loads LightGBM)
 
 # %% auto #0
-__all__ = ['DEV_KEY', 'MAX_EVENTS', 'MAX_BODY', 'MAX_BODY_OTHER', 'ROUTES', 'log', 'MAX_COLLECTOR_PENDING', 'ServingConfig',
-           'key_ok', 'ScoreRequest', 'BatchRequest', 'Action', 'Contribution', 'ScoreResponse', 'BatchResponse',
-           'EventsRequest', 'Rejected', 'EventsResponse', 'validation_errors', 'BodyError', 'parse_events_body',
+__all__ = ['DEV_KEY', 'MAX_EVENTS', 'MAX_BODY', 'MAX_BODY_OTHER', 'ROUTES', 'log', 'MAX_COLLECTOR_PENDING', 'ENDPOINT_RETRY_S',
+           'ServingConfig', 'key_ok', 'ScoreRequest', 'BatchRequest', 'Action', 'Contribution', 'ScoreResponse',
+           'BatchResponse', 'EventsRequest', 'Rejected', 'EventsResponse', 'ErrorResponse', 'InvalidResponse',
+           'UnavailableResponse', 'ReadyResponse', 'validation_errors', 'BodyError', 'parse_events_body',
            'split_events', 'collect', 'collector_pool', 'Metrics', 'fast_route', 'RespPool', 'RemoteModel',
            'score_many', 'create_app', 'load_model_dir', 'sagemaker_app', 'cmd_serve', 'register_cli', 'run_demo']
 
@@ -63,6 +64,8 @@ class ServingConfig:
         keys = tuple(k.strip() for k in env.get("PROPENSITY_API_KEYS", "").split(",") if k.strip())
         for k in keys:
             if len(k) < 8: raise ConfigError("PROPENSITY_API_KEYS: every key needs at least 8 characters (one is shorter)")
+            if k == DEV_KEY: raise ConfigError(f"PROPENSITY_API_KEYS: {DEV_KEY!r} is the demo's development key, accepted only "
+                                               "by `propensity serve --demo` on 127.0.0.1; choose another key")
         ep = env.get("PROPENSITY_MODEL_ENDPOINT") or None
         if ep and not ep.startswith(("http://", "https://")):
             raise ConfigError(f"PROPENSITY_MODEL_ENDPOINT={ep!r}: expected an http:// or https:// URL")
@@ -142,7 +145,8 @@ class BatchResponse(BaseModel):
 class EventsRequest(BaseModel):
     "The body of `POST /v1/events` (documentation: the route reads it with `parse_events_body`)."
     model_config = ConfigDict(extra="forbid")
-    events: list[dict[str, Any]] = Field(min_length=1, max_length=MAX_EVENTS, description="Clickstream events (the event contract).")
+    events: list[Any] = Field(min_length=1, max_length=MAX_EVENTS, description="Clickstream events: JSON objects of the event "
+                              "contract; an item that is not a valid event (not an object, too) is rejected by index and dead-lettered, the others are accepted.")
 
 class Rejected(BaseModel):
     index: int
@@ -152,6 +156,39 @@ class EventsResponse(BaseModel):
     accepted: int
     rejected: list[Rejected]
     stream: str
+
+class ErrorResponse(BaseModel):
+    detail: str
+
+class InvalidResponse(BaseModel):
+    "A 422: FastAPI's `detail` items and one line per problem in `errors` (field, quoted value, what was expected)."
+    detail: list[dict[str, Any]]
+    errors: list[str]
+
+class UnavailableResponse(BaseModel):
+    detail: str
+    reason: str = Field(description="collector_busy, collector_circuit_open, collector_unavailable, online_store_timeout or online_store_unavailable")
+
+class ReadyResponse(BaseModel):
+    ready: bool
+    model_version: str
+    online_store: str = Field(description="ok, online_store_timeout or online_store_unavailable")
+    breaker: Literal["closed", "open", "half_open"]
+    model_error: str | None = Field(description="why the last promoted version could not be loaded (the previous one keeps serving)")
+    policy: str
+    policy_error: str | None
+    model_endpoint: bool
+    model_endpoint_version: str | None = Field(description="the version the model endpoint last scored with")
+
+def _responses(ok: type[BaseModel] | None, *codes: int) -> dict:
+    "OpenAPI response documentation: the 200 body and the error bodies the route can answer with."
+    what = {401: (ErrorResponse, "missing or invalid API key (header X-API-Key)"),
+            413: (ErrorResponse, "request body over the route's limit"),
+            422: (InvalidResponse, "the body is not valid: each problem named"),
+            503: (UnavailableResponse, "the event stream is unavailable: keep the batch and retry later")}
+    out = {code: {"model": what[code][0], "description": what[code][1]} for code in codes}
+    if ok is not None: out[200] = {"model": ok, "description": "OK"}
+    return out
 
 # %% ../nbs/19_serving.ipynb #bb49d793
 def validation_errors(errors: list[dict]) -> list[str]:
@@ -393,7 +430,15 @@ class RespPool:
 
     async def call(self, payload: bytes, n: int) -> list:
         "Send `payload` (n commands) and return the n replies; the connection is dropped on any failure."
-        conn = self._idle.pop() if self._idle else await self._open()
+        if self._idle:
+            conn = self._idle.pop()
+            try: return await self._send(conn, payload, n)
+            except TimeoutError: raise  # a hung server: no second try
+            except (ConnectionError, OSError):  # a kept connection the server closed: so are the other kept ones
+                await self.close()
+        return await self._send(await self._open(), payload, n)
+
+    async def _send(self, conn, payload: bytes, n: int) -> list:
         try:
             conn[1].write(payload)
             out = await self._read(conn, n)
@@ -425,13 +470,16 @@ class RemoteModel:
         self.url = url.rstrip("/") + "/invocations"
         self.client = httpx.AsyncClient(timeout=timeout_ms / 1000, limits=httpx.Limits(max_keepalive_connections=32))
 
-    async def score(self, rows: list[dict], names: list[str]) -> list[tuple[float, float]]:
-        body = orjson.dumps({"instances": [{n: _plain(r[n]) for n in names} for r in rows]})
+    async def score(self, rows: list[dict]) -> tuple[list[tuple[float, float]], str | None]:
+        "(raw score, probability) per feature row, and the model version the endpoint names (None if it names none)."
+        body = orjson.dumps({"instances": [{n: _plain(v) for n, v in r.items()} for r in rows]})  # every feature: any version finds its own
         r = await self.client.post(self.url, content=body, headers={"content-type": "application/json"})
         r.raise_for_status()
-        preds = r.json()["predictions"]
+        js = r.json()
+        preds = js["predictions"]
         if len(preds) != len(rows): raise ValueError(f"the endpoint returned {len(preds)} predictions for {len(rows)} rows")
-        return [(float(p["raw_score"]), float(p["probability"])) for p in preds]
+        v = js.get("model_version")
+        return [(float(p["raw_score"]), float(p["probability"])) for p in preds], v if isinstance(v, str) else None
 
     async def close(self): await self.client.aclose()
 
@@ -454,6 +502,10 @@ class _State:
     shown_version: str | None = None
     collector_breaker: Any = None  # the event stream's own breaker: a hung store costs a few requests, not all of them
     collector_pending: int = 0     # requests waiting on the collector worker
+    collector_turn: Any = None     # an asyncio.Lock: one batch at a time goes to the worker, the others wait here
+    registry_dir: Path | None = None
+    bundles: dict = field(default_factory=dict)  # with a model endpoint: the local copies of the versions it served
+    endpoint_version: str | None = None          # the version the model endpoint last scored with
 
 MAX_COLLECTOR_PENDING = 16  # beyond this, /v1/events answers 503 at once instead of queueing behind a slow stream
 
@@ -465,6 +517,24 @@ async def _fetch(st: _State, cmds: list) -> list:
 def _reason(e: BaseException) -> str:
     from propensity.scorer import _reason as r
     return r(e)
+
+ENDPOINT_RETRY_S = 5.0  # a version the local registry could not load is tried again after this long
+
+async def _endpoint_bundle(st: _State, version: str):
+    "The local registry's copy of the version the model endpoint scored with (bands, contributions); None when it cannot be loaded."
+    got = st.bundles.get(version)
+    if isinstance(got, float):  # the time it failed to load
+        if time.monotonic() - got < ENDPOINT_RETRY_S: return None
+        got = None
+    if got is None:
+        from propensity.scorer import ModelBundle
+        try: got = await asyncio.to_thread(ModelBundle.load, st.registry_dir, version)
+        except Exception as e:
+            log.error("the model endpoint scores with %s, which the local registry %s cannot load: %s", version, st.registry_dir, e)
+            st.bundles[version] = time.monotonic()
+            return None
+        st.bundles[version] = got
+    return got
 
 async def score_many(st: _State, reqs: list[dict]) -> list[dict]:
     "Answers for `reqs` with one round trip for all of them; degraded answers instead of errors."
@@ -484,10 +554,16 @@ async def score_many(st: _State, reqs: list[dict]) -> list[dict]:
     if st.remote is not None:
         try:
             rows = [sc.values(q, r) for q, r in zip(reqs, replies)]
-            remote = await st.remote.score(rows, mb.encoder.features)
+            remote, version = await st.remote.score(rows)
         except Exception:
             st.metrics.errors.labels("model_endpoint").inc()
             return [sc.fallback(q, "model_endpoint_unavailable") for q in reqs]
+        st.endpoint_version = version
+        if version is not None and version != mb.version:  # the answer describes the model that scored
+            mb = await _endpoint_bundle(st, version)
+            if mb is None:
+                st.metrics.errors.labels("model_endpoint_version").inc()
+                return [sc.fallback(q, "model_endpoint_version_unknown") for q in reqs]
     out = []
     for i, (q, r) in enumerate(zip(reqs, replies)):
         try: out.append(sc.finish(q, r, mb=mb, remote=remote[i] if remote else None))
@@ -517,20 +593,22 @@ def create_app(settings: Settings, registry_dir, cfg: ServingConfig | None = Non
     models = model_source(registry_dir, cfg.reload_s)   # fails here, at start, if nothing is promoted
     policies = policy_source(policy, cfg.reload_s, models)  # one whose thresholds cross the model's is refused
     st = _State(settings, cfg, Scorer(settings.feast_project, models, policies, CircuitBreaker(5, 0.5)),
-                collector_breaker=CircuitBreaker(3, 1.0))
+                collector_breaker=CircuitBreaker(3, 1.0), registry_dir=Path(registry_dir))
 
     @asynccontextmanager
     async def lifespan(app):
         from propensity.onlinestore import ensure_online_store
         st.url = redis_url or settings.redis_url or ensure_online_store(settings)
         st.redis = RespPool(st.url, cfg.redis_timeout_ms / 1000)
+        st.collector_turn = asyncio.Lock()
         st.pool = collector_pool(st.url)
         await asyncio.get_running_loop().run_in_executor(st.pool, split_events, [])  # the worker is up before traffic
         if cfg.model_endpoint: st.remote = RemoteModel(cfg.model_endpoint, cfg.endpoint_timeout_ms)
         models.start(); policies.start()
         gc.collect(); gc.freeze()  # the loaded model and libraries leave the collector's generations: shorter GC pauses
-        log.info("serving model %s, policy %s, online store %s", models.current.version, policies.current.source,
-                 "remote endpoint" if st.remote else "in process")
+        log.info("serving model %s, policy %s, online store %s", models.current.version + (
+                 f" (scores from the model endpoint {cfg.model_endpoint})" if st.remote else " (in process)"),
+                 policies.current.source, st.url.split("@")[-1])
         try: yield
         finally:
             models.stop(); policies.stop()
@@ -563,15 +641,18 @@ def create_app(settings: Settings, registry_dir, cfg: ServingConfig | None = Non
         return {"results": out}
 
     # the documented routes; with `fast_path` (the default) the front serves these paths itself, same contract
-    @app.post("/v1/score", response_model=ScoreResponse, dependencies=[Depends(auth)], summary="Score one session")
+    @app.post("/v1/score", response_model=ScoreResponse, dependencies=[Depends(auth)], summary="Score one session",
+              responses=_responses(ScoreResponse, 401, 413, 422))
     async def score(req: ScoreRequest):
         return _json(await run_one(req))
 
-    @app.post("/v1/score/batch", response_model=BatchResponse, dependencies=[Depends(auth)], summary="Score up to 100 sessions")
+    @app.post("/v1/score/batch", response_model=BatchResponse, dependencies=[Depends(auth)], summary="Score up to 100 sessions",
+              responses=_responses(BatchResponse, 401, 413, 422))
     async def score_batch(req: BatchRequest):
         return _json(await run_batch(req))
 
     @app.post("/v1/events", response_model=EventsResponse, dependencies=[Depends(auth)], summary="Collect clickstream events",
+              responses=_responses(EventsResponse, 401, 413, 422, 503),
               openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": EventsRequest.model_json_schema()}}}})
     async def events(request: Request):
         import redis
@@ -582,11 +663,16 @@ def create_app(settings: Settings, registry_dir, cfg: ServingConfig | None = Non
             st.metrics.errors.labels(reason if reason.startswith("collector_") else "collector_" + reason).inc()
             return _json({"detail": "the event stream is unavailable; retry later", "reason": reason}, 503)
         # a store that hangs would hold every request for the worker's socket timeout, one after the other: after 3
-        # failures in a row the breaker answers at once for a second, and no more than MAX_COLLECTOR_PENDING wait
+        # failures in a row the breaker answers at once for a second, and no more than MAX_COLLECTOR_PENDING wait.
+        # Requests wait for their turn here, not in the worker's queue, and ask the breaker again when it comes: those
+        # that waited while the store hung are answered at once, not sent to the worker one after the other
         if st.collector_pending >= MAX_COLLECTOR_PENDING: return unavailable("collector_busy")
         if not st.collector_breaker.allow(): return unavailable("collector_circuit_open")
         st.collector_pending += 1
-        try: r = await asyncio.get_running_loop().run_in_executor(st.pool, _worker_collect, batch, settings.stream_key)
+        try:
+            async with st.collector_turn:
+                if st.collector_breaker.state == "open": return unavailable("collector_circuit_open")
+                r = await asyncio.get_running_loop().run_in_executor(st.pool, _worker_collect, batch, settings.stream_key)
         except (redis.RedisError, OSError, BrokenProcessPool) as e:
             st.collector_breaker.failure()
             if isinstance(e, BrokenProcessPool): st.pool = collector_pool(st.url)
@@ -600,7 +686,8 @@ def create_app(settings: Settings, registry_dir, cfg: ServingConfig | None = Non
     async def healthz():
         return _json({"status": "ok"})
 
-    @app.get("/readyz", summary="Model loaded and online store reachable")
+    @app.get("/readyz", summary="Model loaded and online store reachable",
+             responses={200: {"model": ReadyResponse, "description": "ready"}, 503: {"model": ReadyResponse, "description": "not ready"}})
     async def readyz():
         mb = models.current
         try:
@@ -610,9 +697,11 @@ def create_app(settings: Settings, registry_dir, cfg: ServingConfig | None = Non
         ok = store == "ok"
         return _json({"ready": ok, "model_version": mb.version, "online_store": store, "breaker": st.scorer.breaker.state,
                       "model_error": models.error, "policy": str(policies.current.source), "policy_error": _policy_problem(policies, mb),
-                      "model_endpoint": cfg.model_endpoint is not None}, 200 if ok else 503)
+                      "model_endpoint": cfg.model_endpoint is not None, "model_endpoint_version": st.endpoint_version},
+                     200 if ok else 503)
 
-    @app.get("/metrics", summary="Prometheus metrics")
+    @app.get("/metrics", summary="Prometheus metrics",
+             responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus text format"}})
     async def metrics():
         v = models.current.version
         if st.shown_version not in (None, v): st.metrics.model.remove(st.shown_version)
@@ -733,12 +822,19 @@ def run_demo(data: Path, settings: Settings, seconds: float = 20.0, port: int | 
     port = port if port and port != 8000 else _free_port()
     server = uvicorn.Server(_uvicorn_config(app, "127.0.0.1", port))
     th = threading.Thread(target=server.run, daemon=True); th.start()
+    deadline = time.monotonic() + 60
+    while not server.started:  # this server listening, not whatever else answers on the port
+        if not th.is_alive():
+            from propensity.cli import UsageError
+            raise UsageError(f"--port={port}: the demo's service cannot listen on 127.0.0.1:{port} (in use?); "
+                             "choose a free port or leave --port out")
+        if time.monotonic() > deadline:
+            from propensity.cli import PipelineStop
+            server.should_exit = True
+            raise PipelineStop("the demo's service did not start within 60 s")
+        time.sleep(0.05)
     base, hdr = f"http://127.0.0.1:{port}", {"X-API-Key": DEV_KEY}
     with httpx.Client(base_url=base, headers=hdr, timeout=10) as c:
-        for _ in range(200):
-            try:
-                if c.get("/healthz").status_code == 200: break
-            except httpx.TransportError: time.sleep(0.05)
         ready = c.get("/readyz").json()
         con.print(f"service at {base}: model {ready['model_version']}, online store {ready['online_store']}, policy {ready['policy']}")
         def stop(why: str):
