@@ -209,14 +209,21 @@ class BodyError(Exception):
 def _no_constant(name: str):
     raise ValueError(f"{name} is not JSON (numbers are finite; send null for no value)")
 
+class _OutOfRange(ValueError): pass
+
+def _finite(text: str) -> float:
+    x = float(text)
+    if x - x != 0: raise _OutOfRange(f"{text[:40]} is beyond the range of a 64-bit float (expected a finite number)")  # 1e400 -> inf
+    return x
+
 def parse_events_body(body: bytes) -> list:
-    "The `events` list of a `POST /v1/events` body, read as strict JSON (no NaN or Infinity; integers of any size kept); `BodyError` otherwise."
+    "The `events` list of a `POST /v1/events` body, read as strict JSON (no NaN or Infinity, no float beyond 64 bits; integers of any size kept); `BodyError` otherwise."
     import json
     from propensity.contracts import not_utf8
     err = lambda loc, msg, kind: BodyError([{"loc": loc, "msg": msg, "type": kind}])
-    try: obj = json.loads(body, parse_constant=_no_constant)
+    try: obj = json.loads(body, parse_constant=_no_constant, parse_float=_finite)
     except UnicodeDecodeError: raise err(["body"], not_utf8(body), "json_invalid") from None
-    except ValueError as e: raise err(["body"], f"not valid JSON: {e}", "json_invalid") from None
+    except ValueError as e: raise err(["body"], str(e) if isinstance(e, _OutOfRange) else f"not valid JSON: {e}", "json_invalid") from None
     if not isinstance(obj, dict): raise err(["body"], f"expected a JSON object {{\"events\": [...]}}, got {type(obj).__name__}", "model_type")
     detail = [{"loc": ["body", k], "msg": "Extra inputs are not permitted", "type": "extra_forbidden"} for k in obj if k != "events"]
     events = obj.get("events")
