@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .config import MAX_SEED, ConfigError, Settings
@@ -151,10 +152,13 @@ def cmd_ingest(args, settings: Settings) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try: s = ingest(args.format, src, out, overwrite=args.overwrite, **opts)
-        except FileExistsError as e: raise UsageError(f"{e} (pass --overwrite)") from None
+        except FileExistsError as e: raise UsageError(str(e).replace("use overwrite=True", "pass --overwrite")) from None
         except ValueError as e: raise UsageError(str(e)) from None  # not a file of that format, a damaged gzip, a bad price table
     c = _console()
-    for w in caught: c.print(f"[yellow]warning:[/yellow] {w.message}", highlight=False, soft_wrap=True)
+    for w in caught:  # in the command line's words
+        msg = str(w.message).replace("pass prices= (product_id -> price) and/or unknown_price= (explicit placeholder)",
+                                     "pass --prices FILE (product_id, price columns) and/or --unknown-price X (an explicit placeholder)")
+        c.print(f"[yellow]warning:[/yellow] {escape(msg)}", highlight=False, soft_wrap=True)
     rows = [[k, f"{v:,}" if isinstance(v, int) else v] for k, v in s.items()
             if not isinstance(v, dict) and v is not None and not k.endswith("_time")]
     rows += [[f"  rejected: {k}", f"{v:,}"] for k, v in s["rejected_by_field"].items()]
@@ -182,9 +186,9 @@ def _failure_line(r: dict) -> str:
     return f"{col}: {r['check']}{found}{want}" + (f"; {r['detail']}" if r.get("detail") else "")
 
 def _quality(data: Path, show: bool = True):
-    from propensity.quality import check_tables
+    from propensity.quality import REQUIRED, check_tables
     if not (data / "offline").exists(): raise UsageError(f"{data}: no offline/ tables to check; run `propensity features --data {data}` first")
-    report = check_tables(data, required=("training_set", "session_features"))
+    report = check_tables(data, required=REQUIRED)
     paths = report.write(data / "quality")
     if show: report.print(_console())
     print(f"Data-quality report: {paths['md']}")
@@ -216,7 +220,8 @@ def cmd_features(args, settings: Settings) -> int:
             ["seconds (events/s)", f"{s['seconds']:,.1f} ({s['events_per_s']:,})"]]
     rows += [[f"  stage: {k}", f"{v:.1f} s"] for k, v in s["stage_seconds"].items()]
     rows += [[f"  rejected: {k}", f"{v:,}"] for k, v in s["rejected_by_field"].items()]
-    _console().print(_table(f"Batch features: {data}", ["what", "value"], rows))
+    if not args.quiet: _console().print(_table(f"Batch features: {data}", ["what", "value"], rows))
+    else: print(f"batch features: {s['events']:,} events, {s['rejected_records']:,} records rejected, {s['training_rows']:,} training rows in {s['seconds']:,.1f} s")
     _console().print(f"Offline store: {data}/offline/   training set: {data}/training/training_set/   "
                      f"rejected: {data}/rejected/batch/")
     _quality(data, show=not args.quiet)
@@ -227,9 +232,12 @@ def cmd_quality(args, settings: Settings) -> int:
     return 0
 
 def cmd_materialize(args, settings: Settings) -> int:
-    from propensity.feast_repo import format_summary, materialize
+    from propensity.feast_repo import VIEWS, format_summary, materialize, offline_path
     data = _data_arg(args, settings)
-    if not (data / "offline").exists(): raise UsageError(f"{data}: no offline/ tables; run `propensity features --data {data}` first")
+    if not any(offline_path(data, e).exists() for e in VIEWS):  # the streaming job's own table is not one of them
+        found = sorted(p.name for p in (data / "offline").glob("*")) if (data / "offline").is_dir() else []
+        raise UsageError(f"{data}: no batch feature tables in offline/" + (f" (found only {', '.join(found)})" if found else "")
+                         + f"; run `propensity features --data {data}` first")
     from propensity.onlinestore import ensure_online_store, redis_client
     redis_client(ensure_online_store(settings), connect_timeout=2).close()  # a store that does not answer: said now, not after Feast's setup
     print(format_summary(materialize(settings, data, verbose=False)))
@@ -276,10 +284,12 @@ def cmd_train(args, settings: Settings) -> int:
         rows += [[f"oracle PR-AUC / Brier ({what})", f"{o['pr_auc']:.4f} / {o['brier']:.5f}"],
                  ["model / oracle: PR-AUC, Brier", f"{o['pr_auc_ratio']:.3f}, {o['brier_ratio']:.3f}"]]
     reg = (f"{s['version']}, " + ("promoted: it serves now" if s["promoted"] else "not promoted (--no-promote)")) if s["version"] else "none (gates failed)"
-    rows += [["registered version", reg], ["seconds", f"{s['seconds']:.1f}"]]
+    rows += [["data checks (the data_checks gate)", s["data_checks"]], ["registered version", reg], ["seconds", f"{s['seconds']:.1f}"]]
     _console().print(_table(f"Training run: {data}", ["what", "value"], rows))
     print(s["gates_summary"])
-    if not s["version"]: raise PipelineStop("the candidate failed its gates; the incumbent keeps serving")
+    if not s["version"]:
+        raise PipelineStop("the candidate failed its gates; nothing was registered" +
+                           (f", and {s['incumbent']} keeps serving" if s["incumbent"] else ""))
     return 0
 
 def cmd_promote(args, settings: Settings) -> int:
@@ -383,7 +393,7 @@ def parser() -> argparse.ArgumentParser:
     f.add_argument("--data", help="data folder (default $PROPENSITY_DATA/world)")
     f.add_argument("--inactivity-minutes", type=float, default=30.0, help="split a session id at longer gaps (default 30)")
     f.add_argument("--grace-minutes", type=float, default=0.0, help="a purchase this long after a session also labels it (default 0)")
-    f.add_argument("--quiet", action="store_true", help="no stage lines or report table")
+    f.add_argument("--quiet", action="store_true", help="no stage lines or report tables: one summary line, then the quality verdict")
     f.set_defaults(fn=cmd_features)
     q = sub.add_parser("quality", help="data-quality checks on the feature tables")
     q.add_argument("--data", help="data folder (default $PROPENSITY_DATA/world)")
@@ -424,7 +434,8 @@ def parser() -> argparse.ArgumentParser:
     tt = sub.add_parser("train-table", help="train a calibrated model on any session-level table (CSV or Parquet)")
     tt.add_argument("--data", required=True, help="table file"); tt.add_argument("--label", required=True, help="label column")
     tt.add_argument("--out", required=True, help="model folder to write")
-    tt.add_argument("--trials", type=int, default=10); tt.add_argument("--timeout", type=float, default=120.0)
+    tt.add_argument("--trials", type=int, default=10, help="HPO trial budget (default 10)")
+    tt.add_argument("--timeout", type=float, default=120.0, help="HPO time budget in seconds (default 120)")
     tt.set_defaults(fn=cmd_train_table)
     pd_ = sub.add_parser("predict", help="score a table with a model from train-table: column `score`, input order")
     pd_.add_argument("--model", required=True); pd_.add_argument("--data", required=True); pd_.add_argument("--out", required=True)

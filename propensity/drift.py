@@ -20,7 +20,8 @@ from .metrics import by_segment, evaluate, segment_records
 from .train import DAY_MS, Encoder, _half, _ms, _segments
 
 # %% auto #0
-__all__ = ['GATE_DEFAULTS', 'DriftError', 'rows_after', 'drift_table', 'recalibrate', 'format_recalibration']
+__all__ = ['GATE_DEFAULTS', 'DriftError', 'rows_after', 'drift_table', 'recalibration_data_checks', 'recalibrate',
+           'format_recalibration']
 
 # %% ../nbs/20_drift.ipynb #2bf51b8c
 class DriftError(ValueError):
@@ -63,6 +64,19 @@ def _model_inputs(m, rows: pd.DataFrame):
     return raw, calibrated, SegmentAdjuster.from_dict(cal["segments"])
 
 GATE_DEFAULTS = dict(pr_auc_tolerance=0.01, ece_max=0.01, segment_ece_max=0.02, min_segment_support=2000)
+
+def recalibration_data_checks(q: Path) -> tuple[bool, str]:
+    """The data_checks gate of a recalibration, from the quality report `q`: every check but PSI drift, which the
+    drifted week fails by design (it is what recalibration answers); (passed, what was judged)."""
+    try: rep = json.loads(Path(q).read_text())
+    except ValueError as e: raise DriftError(f"{q}: not a quality report ({e}); run `propensity quality` again") from None
+    rows = rep.get("rows") if isinstance(rep, dict) else None
+    if not isinstance(rows, list): return bool(isinstance(rep, dict) and rep.get("ok")), str(q)
+    fails = [r for r in rows if isinstance(r, dict) and r.get("status") == "fail"]
+    drift = [r for r in fails if r.get("check") == "psi"]
+    if not drift: return not fails, str(q)
+    return len(fails) == len(drift), (f"{q} without its {len(drift)} PSI drift failure(s) ({drift[0].get('table')}."
+                                      f"{drift[0].get('column')} = {drift[0].get('value')}, ...): the drift is what recalibration answers")
 
 def recalibrate(data_dir: str | Path, *, days: int = 7, version: str | None = None, promote: bool = True,
                 pr_auc_tolerance: float | None = None, ece_max: float | None = None, segment_ece_max: float | None = None,
@@ -108,7 +122,7 @@ def recalibrate(data_dir: str | Path, *, days: int = 7, version: str | None = No
     q = d / "quality" / "quality.json"
     if not q.exists(): raise DriftError(f"{d}: no data-quality report ({q}), which the data_checks gate reads; "
                                         f"run `propensity quality --data {d}` first")
-    data_ok = bool(json.loads(q.read_text()).get("ok", False))
+    data_ok, data_note = recalibration_data_checks(q)
     gates = evaluate_gates(m_after, m_before, data_checks_ok=data_ok, pr_auc_tolerance=pr_auc_tolerance, ece_max=ece_max,
                            segment_ece_max=segment_ece_max, min_segment_support=min_segment_support)
     new_version = None
@@ -126,7 +140,7 @@ def recalibrate(data_dir: str | Path, *, days: int = 7, version: str | None = No
                    metrics=m_after, metrics_before=m_before, gates=gates.to_dict(), gates_summary=gates.summary(),
                    off_segments=[f"{r.segment}={r.value}" for r in off.itertuples()],
                    segment_adjustments=new.report().to_dict("records"), base_shift=new.base_shift_,
-                   drift=table.to_dict("records"), seconds=round(time.perf_counter() - t0, 1))
+                   drift=table.to_dict("records"), data_checks=data_note, seconds=round(time.perf_counter() - t0, 1))
     run = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f"-recal-{new_version or 'rejected'}"
     out = d / "models" / "runs" / run; out.mkdir(parents=True, exist_ok=True)
     check.assign(split="check").to_parquet(out / "predictions.parquet", index=False)
@@ -148,6 +162,7 @@ def format_recalibration(s: dict) -> str:
                          f"{r['predicted_before']:.4f} -> {r['predicted_after']:.4f}, ECE {r['ece_before']:.4f} -> {r['ece_after']:.4f}")
     if not s["off_segments"]: lines.append("  no supported segment was off before recalibration")
     lines.append(f"  gates: {s['gates_summary']}")
+    if s.get("data_checks"): lines.append(f"  data checks: {s['data_checks']}")
     lines.append(f"  new version: {s['version']} ({'promoted' if s['promoted'] else 'not promoted'})" if s["version"]
                  else "  nothing registered: the incumbent keeps serving")
     return "\n".join(lines)

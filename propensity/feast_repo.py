@@ -212,8 +212,8 @@ def materialize(settings: Settings, data_dir: str | Path | None = None, end: dat
 
 def format_summary(summary: dict) -> str:
     "A few readable lines for a `materialize` summary."
-    lines = [f"materialized project {summary['project']!r} up to {summary['end']:%Y-%m-%d %H:%M:%S} UTC "
-             f"into {summary['online_store']} in {summary['seconds']:.1f}s"]
+    upto = f"up to {summary['end']:%Y-%m-%d %H:%M:%S} UTC" if summary["end"] is not None else "nothing (no offline rows)"
+    lines = [f"materialized project {summary['project']!r} {upto} into {summary['online_store']} in {summary['seconds']:.1f}s"]
     for view, v in summary["views"].items():
         what = f"skipped: {v['skipped']}" if "skipped" in v else f"{v['rows']:>9,} entities in {v['seconds']:.1f}s"
         span = f"{v['start']:%Y-%m-%d %H:%M} .. {v['end']:%Y-%m-%d %H:%M}" if "end" in v else f"since {v['start']:%Y-%m-%d %H:%M}"

@@ -24,10 +24,11 @@ from pandera.errors import SchemaErrors
 from .features import ENTITIES, Feature, features_of, model_features
 
 # %% auto #0
-__all__ = ['TS', 'TABLES', 'RANGE_RULES', 'PANDAS_DTYPES', 'ROW_FIELDS', 'SPEC_DTYPE_NAMES', 'DRIFT_FEATURES', 'TableSpec',
-           'range_of', 'table_schema', 'table_path', 'TableReadError', 'read_feature_table', 'synthetic_frame',
-           'write_partition', 'schema_rows', 'psi_shares', 'psi_bins', 'psi', 'last_two_weeks', 'null_rows',
-           'window_days', 'drift_rows', 'DataQualityError', 'QualityReport', 'day_rows', 'check_table', 'check_tables']
+__all__ = ['TS', 'TABLES', 'RANGE_RULES', 'PANDAS_DTYPES', 'ROW_FIELDS', 'SPEC_DTYPE_NAMES', 'DRIFT_FEATURES', 'REQUIRED',
+           'TableSpec', 'range_of', 'table_schema', 'table_path', 'TableReadError', 'read_feature_table',
+           'synthetic_frame', 'write_partition', 'schema_rows', 'psi_shares', 'psi_bins', 'psi', 'last_two_weeks',
+           'null_rows', 'window_days', 'drift_rows', 'DataQualityError', 'QualityReport', 'day_rows', 'check_table',
+           'check_tables']
 
 # %% ../nbs/08_quality.ipynb #629829fa
 TS = "event_timestamp"
@@ -453,7 +454,8 @@ class QualityReport:
         "Readable text: status and counts, one line per table, then failures, warnings and notes."
         c = self.counts()
         out = [f"Data quality {'OK' if self.ok else 'FAILED'}: {c['fail']} fail, {c['warn']} warn, {c['ok']} ok"
-               + (f" ({self.data_dir})" if self.data_dir else "")]
+               + (f" ({self.data_dir})" if self.data_dir else "")
+               + (f" (partitions up to {self.settings['until']})" if self.settings.get("until") else "")]
         out += ["  " + s for s in self._overview()]
         for title, rows in (("Failures", self.failures), ("Warnings", self.warnings), ("Notes", self.notes)):
             if rows: out += [f"{title}:"] + ["  " + _line(r) for r in rows]
@@ -557,10 +559,13 @@ def check_table(name: str, df: pd.DataFrame, *, psi_warn: float = 0.1, psi_fail:
     rows += drift_rows(name, df, psi_warn=psi_warn, psi_fail=psi_fail, bins=bins, eps=eps)
     return rows
 
+REQUIRED = ("training_set", "session_features")  # the tables the pipeline cannot go on without
+
 def check_tables(data_dir, *, psi_warn: float = 0.1, psi_fail: float = 0.25, null_warn: float = 0.01,
                  tables: Iterable[str] | None = None, required: Iterable[str] = (), bins: int = 10,
-                 eps: float = 1e-4) -> QualityReport:
-    "Check whatever of the feature tables exist under `data_dir` (all of `TABLES`, or `tables`)."
+                 eps: float = 1e-4, until: str | None = None) -> QualityReport:
+    """Check whatever of the feature tables exist under `data_dir` (all of `TABLES`, or `tables`); with `until`
+    (a day, YYYY-MM-DD), only their partitions up to that day: the data a model trained `--until` it learns from."""
     names, required = list(tables or TABLES), set(required)
     bad = [n for n in [*names, *required] if n not in TABLES]
     if bad: raise ValueError(f"unknown table(s) {bad}; expected some of {list(TABLES)}")
@@ -572,8 +577,12 @@ def check_tables(data_dir, *, psi_warn: float = 0.1, psi_fail: float = 0.25, nul
             rows.append(_row(name, "exists", None, "fail" if name in required else "warn", None, None,
                              f"not found: {table_path(data_dir, name)}"))
             continue
+        if until is not None and len(df):
+            attrs = df.attrs
+            df = df[df["dt"] <= until].reset_index(drop=True)
+            df.attrs = attrs
         found += 1
         rows += check_table(name, df, psi_warn=psi_warn, psi_fail=psi_fail, null_warn=null_warn, bins=bins, eps=eps)
     if not found: rows.append(_row("*", "exists", None, "fail", None, None, f"no feature table under {data_dir}"))
     return QualityReport(rows, str(data_dir), dict(psi_warn=psi_warn, psi_fail=psi_fail, null_warn=null_warn,
-                                                   bins=bins, eps=eps, tables=names, required=sorted(required)))
+                                                   bins=bins, eps=eps, tables=names, required=sorted(required), until=until))

@@ -794,7 +794,7 @@ def register_cli(sub):
     s.add_argument("--port", type=int, default=8000, help="port (default 8000; --demo: a free port)")
     s.add_argument("--policy", help="policy file (default $PROPENSITY_POLICY, else serving/policy.toml)")
     s.add_argument("--demo", action="store_true", help="start the service, replay the last day's events through the collector, print scored sessions")
-    s.add_argument("--seconds", type=float, default=20.0, help="--demo: how long to replay traffic (default 20)")
+    s.add_argument("--seconds", type=float, default=20.0, help="--demo: replay traffic for at most this long, and at most 1,500 landing records per second of it (default 20)")
     s.set_defaults(fn=cmd_serve)
 
 # %% ../nbs/19_serving.ipynb #0c807fb4

@@ -986,7 +986,7 @@ def run_stream(data_dir: str | Path, settings: Settings | None = None, cfg: Stre
                     print(f"batch {b}: {m['input_rows']:,} rows, {m.get('rejected') or 0} rejected, "
                           f"{m['late_dropped']} late, {m['duplicates_dropped']} duplicates, "
                           f"{m.get('sessions_updated', 0)} sessions updated, {m.get('sessions_evicted', 0)} evicted, "
-                          f"{m['state_rows']} in state, {m['batch_ms']} ms, freshness p99 {m.get('freshness_p99_ms')} ms",
+                          f"{m['state_rows']} in state, {m['batch_ms']} ms, freshness p99 " + (f"{m['freshness_p99_ms']} ms" if m.get("freshness_p99_ms") is not None else "- (no row written)"),
                           file=sys.stderr, flush=True)
         why = None; idle_since = None
         try:
@@ -1033,22 +1033,30 @@ def _layout_text(x: dict) -> str:
 class CheckpointError(ValueError):
     "The checkpoint does not belong to this job (layout, source, stream) or is damaged; the message says what to do."
 
+def _checkpoint_partitions(paths: StreamPaths, cfg: StreamConfig) -> int:
+    "The state partitions of a checkpoint (Spark's shuffle partitions in its newest offsets file), else `cfg.partitions`."
+    files = sorted((p for p in (paths.checkpoint / "offsets").glob("[0-9]*") if p.name.isdigit()), key=lambda p: int(p.name))
+    try: return int(json.loads(files[-1].read_text().splitlines()[1])["conf"]["spark.sql.shuffle.partitions"])
+    except (IndexError, OSError, ValueError, KeyError, TypeError): return cfg.partitions
+
 def check_layout(paths: StreamPaths, cfg: StreamConfig, stream: str | None = None) -> dict:
     """The checkpoint's plan layout (`state`, `buckets`, whether the dedup step runs: each changes the stateful
     operators Spark's checkpoint holds): recorded on the first run, checked on every restart. A checkpoint without
     the record is a per-session one from before bucketed state; a record without `dedup` is from before the step
     became automatic, when it always ran."""
     want = {"state": cfg.state, "buckets": cfg.buckets if cfg.state == "buckets" else None, "dedup": cfg.dedup_step,
-            "api": cfg.api, "source": cfg.source, "stream": stream if cfg.source == "redis" else None}
+            "api": cfg.api, "source": cfg.source, "stream": stream if cfg.source == "redis" else None, "partitions": cfg.partitions}
     f = paths.layout
     if f.exists():
         try: rec = json.loads(f.read_text())
         except ValueError as e: raise CheckpointError(f"{f}: damaged ({e}); expected the checkpoint's layout record: --reset to start over") from None
         if not isinstance(rec, dict): raise CheckpointError(f"{f}: damaged (not an object); expected the checkpoint's layout record: --reset to start over")
-        # a record from before api, source and stream were kept takes this run's (what it held then went unchecked)
-        have = {"dedup": True, **{k: want[k] for k in ("api", "source", "stream")}, **rec}
+        # a record from before api, source, stream and partitions were kept takes this run's (what it held then went
+        # unchecked), except the state partitions, which Spark keeps in the checkpoint's offsets
+        have = {"dedup": True, **{k: want[k] for k in ("api", "source", "stream")}, "partitions": _checkpoint_partitions(paths, cfg), **rec}
     elif any((paths.checkpoint / "offsets").glob("[0-9]*")):
-        have = {"state": "sessions", "buckets": None, "dedup": True, **{k: want[k] for k in ("api", "source", "stream")}}
+        have = {"state": "sessions", "buckets": None, "dedup": True, **{k: want[k] for k in ("api", "source", "stream")},
+                "partitions": _checkpoint_partitions(paths, cfg)}
     else:
         f.parent.mkdir(parents=True, exist_ok=True); f.write_text(json.dumps(want))
         return want
@@ -1056,6 +1064,10 @@ def check_layout(paths: StreamPaths, cfg: StreamConfig, stream: str | None = Non
         if have[k] != want[k]:
             raise CheckpointError(f"the checkpoint {paths.checkpoint} was made reading {k}={have[k]!r}; the job was started with "
                              f"{k}={want[k]!r} (the checkpoint's offsets and state belong to that one: use {flag}={have[k]}, or --reset)")
+    if have["partitions"] != want["partitions"]:  # before 2026-11-29 Spark kept the checkpoint's number without a word
+        raise CheckpointError(f"the checkpoint {paths.checkpoint} holds its state in {have['partitions']} partitions; the job was "
+                              f"started with --partitions={want['partitions']} (Spark keeps the checkpoint's number: use "
+                              f"--partitions={have['partitions']}, or --reset)")
     if have != want:
         how = ("--dedup on" if have["dedup"] else "--dedup off") if have["dedup"] != want["dedup"] else ""
         if not have["dedup"] and cfg.lateness_minutes > cfg.inactivity_minutes:  # --dedup off would be refused then
@@ -1082,13 +1094,19 @@ def _stream_last(r, stream: str) -> str:
 
 # %% ../nbs/17_streaming.ipynb #6b649f78
 def committed_offset(checkpoint: Path) -> tuple[int | None, str | None]:
-    "(batch id, source offset) of the newest committed batch of a checkpoint, or (None, None); (b, None) when its offsets file is missing or damaged."
+    """(batch id, source offset) of the newest committed batch of a checkpoint, or (None, None); (b, None) when its offsets
+    file is missing or damaged. The Redis source's offset is a stream entry id; the file source's, `logOffset N` (its file log)."""
     commits = [int(p.name) for p in (checkpoint / "commits").glob("[0-9]*") if p.name.isdigit()] if (checkpoint / "commits").is_dir() else []
     if not commits: return None, None
     b = max(commits)
     try: lines = (checkpoint / "offsets" / str(b)).read_text().splitlines()
     except OSError: return b, None
-    try: return b, _offset(lines[2]) if len(lines) > 2 else None
+    try:
+        if len(lines) < 3: return b, None
+        try: x = json.loads(lines[2])
+        except ValueError: x = lines[2]
+        if isinstance(x, dict) and isinstance(x.get("logOffset"), int): return b, f"logOffset {x['logOffset']}"
+        return b, _offset(x)
     except (ValueError, KeyError, TypeError): return b, None
 
 def read_metrics(path: Path, last: int | None = None) -> list[dict]:
@@ -1190,7 +1208,7 @@ def print_status(s: dict) -> None:
     head = ("no batch committed yet" if s["committed_batch"] is None else
             f"committed batch {s['committed_batch']} at offset {s['committed_offset'] or '(offsets file missing or damaged)'}")
     if s.get("source") == "files": tail = f"source: the landing folder; dead letters {s.get('dead_letters', '?')} (in its dead-letter folder)"
-    elif "stream_last_id" not in s: tail = "online store not running: no stream lag or dead letters (`propensity online-store start`)"
+    elif "stream_last_id" not in s: tail = "online store not running or not answering: no stream lag or dead letters (`propensity online-store start`, or check REDIS_URL)"
     else:
         n = f"{s['lag_entries']:,}{'+' if s['lag_entries'] == 100_000 else ''} entries"
         tail = (f"stream newest {s['stream_last_id']}; lag {n}" + (f" ({s['lag_ms'] / 1000:.1f} s)" if s.get("lag_ms") is not None else "")
@@ -1213,9 +1231,13 @@ def cmd_stream(args, settings: Settings) -> int:
         if args.last < 1:
             from propensity.cli import UsageError
             raise UsageError(f"--last={args.last}: expected a whole number of batches >= 1")
+        from propensity.onlinestore import OnlineStoreError
         st = None if settings.redis_url else online_store_status(settings)  # the embedded store's URL has no password
         url = settings.redis_url or (st["url"] if st["alive"] else None)
-        r = _client(url) if url else None
+        try: r = _client(url) if url else None
+        except OnlineStoreError as e:  # REDIS_URL down: the checkpoint and metrics all the same, like the embedded store stopped
+            print(f"warning: {e}", file=sys.stderr)
+            r = None
         try: print_status(status(d, settings, r, args.last))
         finally:
             if r is not None: r.close()

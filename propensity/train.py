@@ -329,7 +329,10 @@ def train_pipeline(data_dir: str | Path, cfg: TrainConfig = TrainConfig(), *, pr
         orders = d / "tables" / "orders.parquet"
         econ["aov"] = float(read_table(orders)["total"].mean()) if orders.exists() else 100.0
     bands = propose_bands(y[vm], p_v, economics=BandEconomics(**econ))
-    data_ok = bool(json.loads(q.read_text()).get("ok", False))
+    if cfg.until is None: data_ok, checked = bool(json.loads(q.read_text()).get("ok", False)), f"{q}"
+    else:  # the checks that gate a model judge the data it learns from: the tables up to `until`, not a later drift
+        from propensity.quality import REQUIRED, check_tables
+        data_ok, checked = check_tables(d, required=REQUIRED, until=cfg.until).ok, f"the feature tables up to {cfg.until}"
     inc_metrics = incumbent_on(incumbent, test, y[sm], p_t)
     version, gate_result = register_if_passing(
         d / "registry", metrics=metrics, data_checks_ok=data_ok, promote_on_pass=promote, **(gates or {}),
@@ -344,7 +347,7 @@ def train_pipeline(data_dir: str | Path, cfg: TrainConfig = TrainConfig(), *, pr
                 segment_adjustments=adjuster.report().to_dict("records"), bands=bands, window=window,
                 study=study.study_name, trials=len(study.trials),
                 new_trials=sum(1 for t in study.trials if t.datetime_start and t.datetime_start.timestamp() >= started),
-                incumbent=incumbent.version if incumbent else None, best_val_pr_auc=float(study.best_value), rounds=int(booster.best_iteration),
+                incumbent=incumbent.version if incumbent else None, data_checks=checked, best_val_pr_auc=float(study.best_value), rounds=int(booster.best_iteration),
                 rows={k: int(m.sum()) for k, m in masks.items()}, hpo_rows=dict(train=len(ht), val=len(hv)), seconds=round(time.perf_counter() - t0, 1),
                 features=len(enc.features), stage_seconds={**clock, "evaluate_and_register": round(time.perf_counter() - t, 2)})
     summary["run_dir"] = str(save_run(d, summary, booster, enc, val.assign(raw=raw_v, score=p_v),
