@@ -37,7 +37,7 @@ demo: $(STAMP)
 	@$(BIN)/propensity train --data $(DEMO_DIR) --trials 6 --timeout 180 --val-days 2 --test-days 2 --ece-max 0.02 --segment-ece-max 0.03 \
 	 || { rc=$$?; test $$rc -eq 3 && echo "(the candidate did not pass its gates on this short world: nothing registered; see the reasons above)" || exit $$rc; }
 	$(BIN)/propensity report weekly --data $(DEMO_DIR) --out $(DEMO_DIR)/reports
-	@echo; echo "== streaming: the last day's landing records replayed into the live stream, the job run on them for a minute"
+	@echo; echo "== streaming: the first simulated day's landing records replayed into the live stream, the job run on them for a minute"
 	$(BIN)/propensity replay --data $(DEMO_DIR) --speed max --hours 24 --fresh
 	$(BIN)/propensity stream --data $(DEMO_DIR) --reset --duration 60 --max-rows 5000
 	$(BIN)/propensity stream --data $(DEMO_DIR) --status --last 5
