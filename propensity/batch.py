@@ -25,8 +25,8 @@ import pandas as pd
 from .config import Settings
 from .contracts import (EVENT, MAX_AHEAD_MS, line_text, parse_json_lines, spark_certify,
                                   spark_fast_path)
-from .features import (ENTITIES, FEATURES, Eligibility, ScoringPolicy, SessionState, at_time, features_of, fold_session,
-                                 model_features)
+from .features import (ENTITIES, FEATURES, FOLD_FIELDS, FOLD_KEYS, Eligibility, ScoringPolicy, SessionState, at_time,
+                                 features_of, fold_session, model_features)
 
 # %% auto #0
 __all__ = ['SPARK_DEFAULTS', 'LANDING_DAY_RE', 'DAY_MS', 'TRAINING_KEYS', 'SEGMENT_COLUMNS', 'TRAINING_JOIN_CONF',
@@ -226,8 +226,7 @@ def pass_input(spark, data_dir: Path, columns=None, arrival_ms: int | None = Non
 
 # %% ../nbs/06_batch.ipynb #674d7e8c
 _SESSION_FEATURES = [f for f in FEATURES if f.entity == "session"]
-_EV_KEYS = ("event_id", "event_type", "t", "product_id", "category", "price", "quantity", "device", "country",
-                  "traffic_source", "user_id")
+_EV_KEYS = FOLD_KEYS  # the fold's arguments; their contract names are FOLD_FIELDS
 
 def pass_schema():
     "Spark schema of the session pass's rows (kind = point | session)."
@@ -265,8 +264,7 @@ def fold_sessions(pdf: pd.DataFrame, cfg: BatchConfig) -> list[dict]:
     def pylist(c):  # Python values with None for every kind of missing (NaN, NA, None)
         col = pdf[c]
         return col.tolist() if not col.hasnans else col.astype(object).where(col.notna(), None).tolist()
-    cols = {k: pylist(c) for k, c in zip(_EV_KEYS, ("event_id", "event_type", "event_time", "product_id",
-            "category", "price", "quantity", "device", "country", "traffic_source", "user_id"))}
+    cols = {k: pylist(c) for k, c in zip(_EV_KEYS, FOLD_FIELDS)}
     sids, anons, ts = pdf["session_id"].tolist(), pdf["anonymous_id"].tolist(), cols["t"]
     out = []; start = 0; n = len(sids); part = 0
     for i in range(1, n + 1):
@@ -290,8 +288,7 @@ def fold_sessions(pdf: pd.DataFrame, cfg: BatchConfig) -> list[dict]:
 _PASS_EXTRA = ("day", "views", "carts", "units", "duplicates")  # product_day and stats rows of the Spark pass
 _PASS_REJECTED = ("record", "reason", "source")                  # rejected rows of the Spark pass
 _PRODUCT_DAY_TYPES = ("product_view", "add_to_cart", "purchase")
-_PASS_INPUT = ("session_id", "anonymous_id", "event_id", "event_type", "event_time", "product_id", "category", "price",
-               "quantity", "device", "country", "traffic_source", "user_id")  # the event columns the pass reads
+_PASS_INPUT = ("session_id", "anonymous_id", *FOLD_FIELDS)  # the event columns the pass reads: the fold's, and the ids
 
 def _pass_rows_schema():
     "`pass_schema` plus the columns of the Spark pass's other rows (kind = product_day | stats | rejected)."

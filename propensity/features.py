@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import inspect
 import json
 import zlib
 from dataclasses import dataclass
@@ -17,8 +18,9 @@ from typing import Any, Iterable
 import orjson
 
 # %% auto #0
-__all__ = ['DTYPES', 'ENTITIES', 'S', 'U', 'V', 'P', 'FEATURES', 'MODEL_EXCLUDE', 'Feature', 'features_of', 'model_features',
-           'spec_hash', 'SessionState', 'at_time', 'Eligibility', 'ScoringPolicy', 'fold_session', 'session_points']
+__all__ = ['DTYPES', 'ENTITIES', 'S', 'U', 'V', 'P', 'FEATURES', 'MODEL_EXCLUDE', 'FOLD_KEYS', 'FOLD_FIELDS', 'Feature',
+           'features_of', 'model_features', 'spec_hash', 'SessionState', 'at_time', 'Eligibility', 'ScoringPolicy',
+           'fold_session', 'session_points']
 
 # %% ../nbs/05_features.ipynb #0ab9a362
 DTYPES = ("int64", "float64", "string", "bool")
@@ -258,6 +260,10 @@ def at_time(feats: dict, now_ms: int, event_type: str | None = None) -> dict:
     return {**feats, "sess_duration_s": dur, "sess_seconds_since_last_event": max(now_ms - last, 0) / 1000,
             "sess_events_per_minute": round(feats.get("sess_events", 0) / max(dur / 60, 1 / 60), 4),
             "sess_hour": int(now_ms // 3_600_000 % 24), "sess_weekend": wd >= 5, "sess_request_event": event_type or "none"}
+
+# %% ../nbs/05_features.ipynb #1d3177bb
+FOLD_KEYS = tuple(p for p in inspect.signature(SessionState.update).parameters if p != "self")
+FOLD_FIELDS = tuple({"t": "event_time"}.get(k, k) for k in FOLD_KEYS)  # the event contract's name of each
 
 # %% ../nbs/05_features.ipynb #3c174de8
 @dataclass(frozen=True)

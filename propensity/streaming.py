@@ -7,6 +7,7 @@ Docs: https://propensity.github.io/propensity/streaming.html.md"""
 # %% ../nbs/17_streaming.ipynb #d98addcd
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -20,20 +21,20 @@ from typing import Iterable, Iterator
 import orjson
 
 from .config import Settings
-from .features import SessionState, features_of
+from .features import FOLD_FIELDS, FOLD_KEYS, SessionState, features_of
 from .livestream import FIELD, START, dead_letter_key, parse_id
 
 # %% auto #0
 __all__ = ['EV_KEYS', 'EV_COLUMNS', 'SESSION_FEATURES', 'SOURCE_NAME', 'SOURCE_SCHEMA', 'ONLINE_LUA', 'OUTPUT_DDL',
-           'PART_MEMORY_MS', 'ROCKSDB', 'VALID_DDL', 'SCANS', 'STREAM_FLAGS', 'StreamConfig', 'StreamPaths', 'part_id',
-           'session_step', 'validate_entries', 'pack_events', 'split_range', 'read_entries', 'register_source',
-           'write_dead_letters', 'pending_key', 'stage_dead_letters', 'flush_dead_letters', 'write_dead_letter_file',
-           'online_args', 'write_online', 'landing_files', 'landing_lines', 'replay', 'output_ddl', 'pack_rows',
-           'unpack_rows', 'packed_events', 'encode_bucket', 'decode_bucket', 'evict_expired', 'live_sessions',
-           'next_due', 'bucket_step', 'bucket_timer', 'build_query', 'offline_table', 'Sink', 'metrics_line', 'Stopper',
-           'run_stream', 'CheckpointError', 'check_layout', 'check_offset', 'committed_offset', 'read_metrics',
-           'count_after', 'status', 'reset', 'cmd_replay', 'print_status', 'cmd_stream', 'add_stream_args',
-           'register_cli']
+           'PART_MEMORY_MS', 'ROCKSDB', 'SCANS', 'STREAM_FLAGS', 'StreamConfig', 'StreamPaths', 'fold_column_types',
+           'part_id', 'session_step', 'validate_entries', 'pack_events', 'split_range', 'read_entries',
+           'register_source', 'write_dead_letters', 'pending_key', 'stage_dead_letters', 'flush_dead_letters',
+           'write_dead_letter_file', 'online_args', 'write_online', 'landing_files', 'landing_lines', 'replay',
+           'output_ddl', 'pack_rows', 'unpack_rows', 'packed_events', 'encode_bucket', 'decode_bucket', 'evict_expired',
+           'live_sessions', 'next_due', 'bucket_step', 'bucket_timer', 'valid_ddl', 'build_query', 'offline_table',
+           'Sink', 'metrics_line', 'Stopper', 'run_stream', 'CheckpointError', 'check_layout', 'check_offset',
+           'committed_offset', 'read_metrics', 'count_after', 'status', 'reset', 'cmd_replay', 'print_status',
+           'cmd_stream', 'add_stream_args', 'register_cli']
 
 # %% ../nbs/17_streaming.ipynb #c15ad991
 @dataclass(frozen=True)
@@ -110,10 +111,16 @@ class StreamPaths:
         return self.offline / f"batch_id={batch_id:08d}" / "part-0.parquet"
 
 # %% ../nbs/17_streaming.ipynb #0f456880
-EV_KEYS = ("event_id", "event_type", "t", "product_id", "category", "price", "quantity", "device", "country",
-           "traffic_source", "user_id")
-EV_COLUMNS = ("event_id", "event_type", "event_time", "product_id", "category", "price", "quantity", "device",
-              "country", "traffic_source", "user_id")  # the contract's names of EV_KEYS
+EV_KEYS, EV_COLUMNS = FOLD_KEYS, FOLD_FIELDS  # the fold's arguments and their event-contract names (05_features)
+
+@functools.cache
+def fold_column_types() -> dict[str, str]:
+    """Spark SQL type of each of `EV_COLUMNS` in the validated frame: the contract's, integer fields as double (the
+    frames hold them as float64, NaN for none, as pandas does)."""
+    from propensity.contracts import EVENT
+    sql = {"string": "string", "float64": "double", "int64": "double", "bool": "boolean", "timestamp_ms": "bigint"}
+    kinds = {f.name: f.dtype for f in EVENT.fields}
+    return {c: sql[kinds[c]] for c in EV_COLUMNS}
 SESSION_FEATURES = [f.name for f in features_of("session", "state")]
 
 def part_id(session_id: str, part: int) -> str:
@@ -168,7 +175,7 @@ def validate_entries(ids: list[str], lines: list, arrivals: list[int] | None = N
         good = v.valid  # valid rows keep their input order: map them back to their entries
         rejected_src = {int(s) for s in v.rejected["source"]}
         vpos = [p for p in pos if p not in rejected_src]
-        valid = good[[*EV_COLUMNS, "session_id"]].assign(quantity=good["quantity"].astype("float64"),
+        valid = good[[*EV_COLUMNS, "session_id"]].assign(**{c: good[c].astype("float64") for c, t in fold_column_types().items() if t == "double"},
                                                          arrival_ms=[int(arrivals[p]) for p in vpos])
         if check_ahead:  # one vector comparison per batch (this is every entry's path); reasons only for the few
             ahead = (valid["event_time"].to_numpy(dtype="int64") - valid["arrival_ms"].to_numpy(dtype="int64")) > MAX_AHEAD_MS
@@ -176,8 +183,8 @@ def validate_entries(ids: list[str], lines: list, arrivals: list[int] | None = N
                 rej_rows += [(vpos[j], ahead_of_arrival(valid["event_time"].iat[j], valid["arrival_ms"].iat[j])) for j in np.flatnonzero(ahead)]
                 valid = valid[~ahead]
     else:
-        valid = pd.DataFrame({c: pd.Series(dtype="float64" if c in ("price", "quantity") else ("int64" if c in ("event_time", "arrival_ms") else object))
-                              for c in cols})
+        types = {**fold_column_types(), "session_id": "string", "arrival_ms": "bigint"}
+        valid = pd.DataFrame({c: pd.Series(dtype={"double": "float64", "bigint": "int64"}.get(types[c], object)) for c in cols})
     rej_rows.sort()  # entry order; the dead letter keeps the entry's line exactly as it came
     rejected = pd.DataFrame([(ids[i], line_text(raw[i]), why) for i, why in rej_rows], columns=["id", "record", "reason"])
     return valid.reset_index(drop=True)[cols], rejected
@@ -702,9 +709,10 @@ _BUCKET_PROCESSOR = {}
 
 # %% ../nbs/17_streaming.ipynb #873c9e3a
 ROCKSDB = "org.apache.spark.sql.execution.streaming.state.RocksDBStateStoreProvider"
-VALID_DDL = ("event_id string, event_type string, event_time bigint, product_id string, category string, price double, "
-             "quantity double, device string, country string, traffic_source string, user_id string, session_id string, "
-             "arrival_ms bigint")
+def valid_ddl() -> str:
+    "The validated frame's Spark schema (DDL): `EV_COLUMNS` with `fold_column_types`, then session_id and arrival_ms."
+    t = fold_column_types()
+    return ", ".join(f"{c} {t[c]}" for c in EV_COLUMNS) + ", session_id string, arrival_ms bigint"
 
 def _validator(folder: str):
     """mapInPandas (in one task per batch) of the file source: raw lines -> valid typed rows; the rejects go to the
@@ -773,10 +781,11 @@ def _file_events(spark, paths: StreamPaths, cfg: StreamConfig):
     # over `partitions` tasks
     raw = raw.repartition(cfg.partitions, "id")
     fast, slow, _ = spark_fast_path(EVENT, raw.withColumn("value", F.col("value").cast("string")), persist=False)
-    valid = fast.select(*[F.col(c).cast("double").alias(c) if c == "quantity" else F.col(c)
+    types = fold_column_types()
+    valid = fast.select(*[F.col(c).cast(types[c]).alias(c) if types.get(c) == "double" else F.col(c)
                           for c in (*EV_COLUMNS, "session_id", "arrival_ms")])
     valid = valid.unionByName(slow.select(F.col("id"), F.col("arrival_ms"), F.col("value").cast("binary").alias("value"))
-                                  .coalesce(1).mapInPandas(check, VALID_DDL))
+                                  .coalesce(1).mapInPandas(check, valid_ddl()))
     # the processor's input: one JSON text per event, written in the JVM (`packed_events` reads it): the Python
     # worker then handles 2 columns per row instead of 15
     packed = F.to_json(F.struct(*[F.col(c).alias(k) for k, c in zip(EV_KEYS, EV_COLUMNS)],
