@@ -24,11 +24,11 @@ from pandera.errors import SchemaErrors
 from .features import ENTITIES, Feature, features_of, model_features
 
 # %% auto #0
-__all__ = ['TS', 'TABLES', 'RANGE_RULES', 'PANDAS_DTYPES', 'ROW_FIELDS', 'SPEC_DTYPE_NAMES', 'DRIFT_FEATURES', 'REQUIRED',
-           'TableSpec', 'range_of', 'table_schema', 'table_path', 'TableReadError', 'read_feature_table',
-           'synthetic_frame', 'write_partition', 'schema_rows', 'psi_shares', 'psi_bins', 'psi', 'last_two_weeks',
-           'null_rows', 'window_days', 'drift_rows', 'DataQualityError', 'QualityReport', 'day_rows', 'check_table',
-           'check_tables']
+__all__ = ['TS', 'TABLES', 'RANGE_RULES', 'PANDAS_DTYPES', 'ROW_FIELDS', 'SPEC_DTYPE_NAMES', 'DRIFT_FEATURES',
+           'CONSTANT_MIN_ROWS', 'REQUIRED', 'TableSpec', 'range_of', 'table_schema', 'table_path', 'TableReadError',
+           'read_feature_table', 'synthetic_frame', 'write_partition', 'schema_rows', 'psi_shares', 'psi_bins', 'psi',
+           'last_two_weeks', 'constant_rows', 'null_rows', 'window_days', 'drift_rows', 'DataQualityError',
+           'QualityReport', 'day_rows', 'check_table', 'check_tables']
 
 # %% ../nbs/08_quality.ipynb #629829fa
 TS = "event_timestamp"
@@ -346,6 +346,22 @@ def last_two_weeks(ts: pd.Series) -> tuple[tuple[pd.Timestamp, pd.Timestamp, pd.
 
 DRIFT_FEATURES = frozenset(f.name for f in model_features())
 
+CONSTANT_MIN_ROWS = 1000  # a model feature with one value in at least this many rows is warned about
+
+def constant_rows(name: str, df: pd.DataFrame, *, min_rows: int = CONSTANT_MIN_ROWS) -> list[dict]:
+    """A warning per model feature that holds one value (nulls included) in every row of a table of at least
+    `min_rows` rows: it carries nothing, and is most often a computation that never ran (an event field the fold
+    does not receive, a join that matched nothing), not a fact about the data."""
+    if len(df) < min_rows: return []
+    out = []
+    for f in TABLES[name].features:
+        if f.name in DRIFT_FEATURES and f.name in df and df[f.name].nunique(dropna=False) == 1:
+            v = df[f.name].iloc[0]
+            out.append(_row(name, "constant", f.name, "warn", _fmt(v), None,
+                            f"one value in all {len(df):,} rows (its spec default is {f.default!r}): a model feature "
+                            "that never changes carries nothing; is it computed?"))
+    return out
+
 def null_rows(name: str, df: pd.DataFrame, *, null_warn: float = 0.01) -> list[dict]:
     "Share of nulls per column of the spec; above `null_warn` warns, except in columns that are nullable by design (ids, segments)."
     t, rows = TABLES[name], []
@@ -556,6 +572,7 @@ def check_table(name: str, df: pd.DataFrame, *, psi_warn: float = 0.1, psi_fail:
              for c in df.columns if c not in t.dtypes and c != "dt"]
     rows += schema_rows(name, df)
     rows += null_rows(name, df, null_warn=null_warn)
+    rows += constant_rows(name, df)
     rows += drift_rows(name, df, psi_warn=psi_warn, psi_fail=psi_fail, bins=bins, eps=eps)
     return rows
 
