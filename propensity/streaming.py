@@ -799,14 +799,14 @@ def _quantiles(xs: list[float]) -> dict:
     q = lambda p: round(s[min(n - 1, max(0, math.ceil(p * n) - 1))])
     return dict(p50=q(0.5), p99=q(0.99), max=round(s[-1]))
 
-def offline_table(rows: list[dict], batch_id: int):
-    "The offline rows of one micro-batch as an Arrow table (spec types, UTC `event_timestamp`)."
+def offline_table(rows: list[dict]):
+    """The offline rows of one micro-batch as an Arrow table (spec types, UTC `event_timestamp`); the batch id is its
+    folder's (`batch_id=N/`), not a column: one in both made the folder unreadable as one table until 2026-11-29."""
     import pyarrow as pa
     types = {"int64": pa.int64(), "float64": pa.float64(), "string": pa.string(), "bool": pa.bool_()}
     cols = {"session_id": pa.array([r["session_id"] for r in rows], pa.string()),
             "event_timestamp": pa.array([int(r["event_timestamp"]) * 1000 for r in rows], pa.int64()).cast(pa.timestamp("us", "UTC")),
-            "kind": pa.array([r["kind"] for r in rows], pa.string()),
-            "batch_id": pa.array([batch_id] * len(rows), pa.int64())}
+            "kind": pa.array([r["kind"] for r in rows], pa.string())}
     for f in features_of("session", "state"):
         cols[f.name] = pa.array([r[f.name] for r in rows], types[f.dtype])
     return pa.table(cols)
@@ -855,7 +855,7 @@ class Sink:
             path = self.paths.batch_file(batch_id)
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f".part-0.{os.getpid()}.tmp")
-            pq.write_table(offline_table(rows, batch_id), tmp)
+            pq.write_table(offline_table(rows), tmp)
             os.replace(tmp, path)
         from collections import Counter
         kinds = Counter(r["kind"] for r in rows)
