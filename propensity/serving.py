@@ -604,7 +604,7 @@ def create_app(settings: Settings, registry_dir, cfg: ServingConfig | None = Non
 
     @asynccontextmanager
     async def lifespan(app):
-        from propensity.onlinestore import ensure_online_store
+        from propensity.onlinestore import _redact, ensure_online_store
         st.url = redis_url or settings.redis_url or ensure_online_store(settings)
         st.redis = RespPool(st.url, cfg.redis_timeout_ms / 1000)
         st.collector_turn = asyncio.Lock()
@@ -615,7 +615,7 @@ def create_app(settings: Settings, registry_dir, cfg: ServingConfig | None = Non
         gc.collect(); gc.freeze()  # the loaded model and libraries leave the collector's generations: shorter GC pauses
         log.info("serving model %s, policy %s, online store %s", models.current.version + (
                  f" (scores from the model endpoint {cfg.model_endpoint})" if st.remote else " (in process)"),
-                 policies.current.source, st.url.split("@")[-1])
+                 policies.current.source, _redact(st.url))
         try: yield
         finally:
             models.stop(); policies.stop()
