@@ -416,7 +416,7 @@ def model_source(registry_dir, interval: float = 1.0) -> Reloading:
     root = Path(registry_dir)
     def watch():
         try: v = promoted(root)
-        except RegistryError: v = None
+        except (RegistryError, OSError): v = None  # the reload thread must not die on a file it cannot read
         return [root / "promoted.json"] + ([root / v / n for n in (MANIFEST, *FILES)] if v else [])
     return Reloading(lambda: ModelBundle.load(root), watch, interval, "model")
 
