@@ -68,11 +68,10 @@ GATE_DEFAULTS = dict(pr_auc_tolerance=0.01, ece_max=0.01, segment_ece_max=0.02, 
 def recalibration_data_checks(q: Path) -> tuple[bool, str]:
     """The data_checks gate of a recalibration, from the quality report `q`: every check but PSI drift, which the
     drifted week fails by design (it is what recalibration answers); (passed, what was judged)."""
-    try: rep = json.loads(Path(q).read_text())
-    except ValueError as e: raise DriftError(f"{q}: not a quality report ({e}); run `propensity quality` again") from None
-    rows = rep.get("rows") if isinstance(rep, dict) else None
-    if not isinstance(rows, list): return bool(isinstance(rep, dict) and rep.get("ok")), str(q)
-    fails = [r for r in rows if isinstance(r, dict) and r.get("status") == "fail"]
+    from propensity.quality import QualityReport
+    try: fails = QualityReport.from_json(q).failures
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise DriftError(f"{q}: not a quality report ({type(e).__name__}: {e}); run `propensity quality` again") from None
     drift = [r for r in fails if r.get("check") == "psi"]
     if not drift: return not fails, str(q)
     return len(fails) == len(drift), (f"{q} without its {len(drift)} PSI drift failure(s) ({drift[0].get('table')}."
